@@ -1,0 +1,5 @@
+//! The `sailplane` binary.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

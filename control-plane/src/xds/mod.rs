@@ -1,0 +1,33 @@
+//! The xDS server: ADS over gRPC, state-of-the-world and Delta.
+//!
+//! It knows the protocol (nonces, ACK/NACK, subscriptions, ordering), not Istio. Configuration arrives
+//! as [`Snapshot`]s of encoded resources from a [`SnapshotSource`]; proxies whose profiles are equal
+//! share one snapshot (and its encoded bytes) by `Arc`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sailplane_translator::ResourceSet;
+use tokio::sync::watch;
+
+use crate::proxy::ProxyInfo;
+
+/// One translated configuration for one proxy profile.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The encoded resources.
+    pub resources: Arc<ResourceSet>,
+    /// Monotonic push number that produced this snapshot (for logs and debug).
+    pub push: u64,
+    /// When the change that led to this snapshot was first seen (for convergence time).
+    pub changed_at: Instant,
+}
+
+/// What the xDS server asks of the rest of the control plane.
+pub trait SnapshotSource: Send + Sync + 'static {
+    /// A proxy connected: returns the channel on which its snapshots arrive. The current value is the
+    /// proxy's configuration now. Proxies with equal profiles may share one channel.
+    fn connect(&self, proxy: &ProxyInfo) -> watch::Receiver<Arc<Snapshot>>;
+    /// A proxy's stream ended.
+    fn disconnect(&self, proxy: &ProxyInfo);
+}

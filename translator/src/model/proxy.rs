@@ -1,0 +1,41 @@
+//! What the translator may know about one proxy.
+
+use super::Labels;
+
+/// Kind of proxy, from the first field of the Envoy node id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum NodeType {
+    /// An application sidecar (`sidecar~...`).
+    #[default]
+    Sidecar,
+    /// A gateway (`router~...`).
+    Router,
+}
+
+/// How traffic reaches the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum InterceptionMode {
+    /// iptables REDIRECT to 15001/15006, recovered with original_dst.
+    #[default]
+    Redirect,
+    /// No interception: outbound listeners bind 127.0.0.1:<service port>.
+    None,
+}
+
+/// The translation-relevant description of a proxy.
+///
+/// Only what is here can influence the translator's output, so proxies with equal profiles share one
+/// translated configuration. Per-connection facts (node id, IP addresses, connection time) stay out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ProxyProfile {
+    /// Sidecar or gateway.
+    pub node_type: NodeType,
+    /// Namespace of the workload (config namespace).
+    pub namespace: String,
+    /// Workload labels.
+    pub labels: Labels,
+    /// Service account (short name).
+    pub service_account: String,
+    /// Traffic interception mode.
+    pub interception: InterceptionMode,
+}

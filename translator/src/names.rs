@@ -1,0 +1,1 @@
+//! Every Envoy-visible name Sailplane generates, in Istio's exact form.
