@@ -1,5 +1,38 @@
-//! The `sailplane` binary.
+//! The `sailplane` binary: one executable, one subcommand per role.
+
+use clap::{Parser, Subcommand};
+use sailplane::cli;
+use tracing_subscriber::EnvFilter;
+
+/// Sailplane: an istiod-compatible service-mesh control plane.
+#[derive(Debug, Parser)]
+#[command(name = "sailplane", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane: read config, serve xDS to Envoy, serve metrics and debug.
+    Discovery(cli::discovery::DiscoveryArgs),
+    /// Print an Envoy bootstrap for one proxy.
+    Bootstrap(cli::bootstrap::BootstrapArgs),
+}
 
 fn main() -> anyhow::Result<()> {
-    Ok(())
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Discovery(args) => {
+            init_logging();
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(cli::discovery::run(args))
+        }
+        Command::Bootstrap(args) => cli::bootstrap::run(&args),
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("SAILPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

@@ -1,1 +1,4 @@
-//! cli
+//! Subcommands of the `sailplane` binary.
+
+pub mod bootstrap;
+pub mod discovery;
