@@ -85,10 +85,26 @@ pub fn message_to_json(type_name: &str, bytes: &[u8]) -> Result<Value, Error> {
         source,
     })?;
     msg.serialize_with_options(serde_json::value::Serializer, &envoy_json_options())
+        .map(sort_keys)
         .map_err(|e| Error::Json {
             type_name: type_name.to_string(),
             message: e.to_string(),
         })
+}
+
+/// Orders object keys alphabetically at every level (`@type` first). Protobuf maps decode into
+/// hash maps, so without this the output order could change from run to run (and would, should
+/// another crate turn on serde_json's `preserve_order`).
+fn sort_keys(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sort_keys(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sort_keys).collect()),
+        other => other,
+    }
 }
 
 /// Renders an encoded `google.protobuf.Any` as JSON: `{"@type": ..., <fields>}`.
@@ -179,8 +195,9 @@ const SECTIONS: [(&str, &str, &str); 5] = [
 /// ```
 ///
 /// Sections appear in Envoy's order (clusters, endpoints, listeners, routes, secrets), only for
-/// types that have entries; entries keep the order they were given in. Fields Envoy fills from its
-/// own clock (`last_updated`) are left out so the output is deterministic.
+/// types that have entries; entries keep the order they were given in. Object keys are sorted at
+/// every level, and fields Envoy fills from its own clock (`last_updated`) are left out, so the
+/// output is deterministic.
 pub fn config_dump<'a>(entries: impl IntoIterator<Item = DumpEntry<'a>>) -> Result<Value, Error> {
     let mut per_section: [Vec<Value>; 5] = Default::default();
     for e in entries {
@@ -215,11 +232,14 @@ pub fn config_dump<'a>(entries: impl IntoIterator<Item = DumpEntry<'a>>) -> Resu
             Value::Object(section)
         })
         .collect();
-    Ok(json!({ "configs": configs }))
+    // Sorted like the resources inside, so the whole dump is stable whatever serde_json's map is.
+    Ok(sort_keys(json!({ "configs": configs })))
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     /// Encodes a message by hand with the descriptor pool, so the test does not depend on

@@ -18,8 +18,9 @@ pub mod diag;
 pub mod model;
 pub mod names;
 pub mod resources;
+pub mod validate;
 
-pub use build::build;
+pub use build::{build, static_bootstrap};
 pub use diag::Diagnostic;
 pub use model::{ProxyProfile, World};
 pub use resources::{Resource, ResourceSet, TypeUrl};

@@ -89,9 +89,23 @@ pub struct Resource {
 impl Resource {
     /// Encodes `msg` as an `Any` and hashes it.
     pub fn encode<M: Message + Name>(name: impl Into<String>, msg: &M) -> Resource {
+        Self::encode_with_fields(name, msg, &[])
+    }
+
+    /// Encodes `msg` followed by `extra`, fields already in protobuf wire format.
+    ///
+    /// prost keeps protobuf maps (`Struct.fields`, `Metadata.filter_metadata`) in `HashMap`s and
+    /// encodes them in iteration order, which differs between map instances. Builders encode such
+    /// fields themselves in sorted order and pass them here, so equal config gives equal bytes (and
+    /// an equal version). Protobuf parsers accept fields in any order.
+    pub fn encode_with_fields<M: Message + Name>(name: impl Into<String>, msg: &M, extra: &[u8]) -> Resource {
+        let mut value = Vec::with_capacity(msg.encoded_len() + extra.len());
+        // Writing into a Vec cannot run out of space.
+        let _ = msg.encode(&mut value);
+        value.extend_from_slice(extra);
         let any = envoy_types::pb::google::protobuf::Any {
             type_url: M::type_url(),
-            value: msg.encode_to_vec(),
+            value,
         };
         let bytes = Bytes::from(any.encode_to_vec());
         let version = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
@@ -134,6 +148,11 @@ impl ResourceSet {
     /// Encodes and adds a message.
     pub fn add<M: Message + Name>(&mut self, t: TypeUrl, name: impl Into<String>, msg: &M) {
         self.insert(t, Resource::encode(name, msg));
+    }
+
+    /// Encodes and adds a message followed by pre-encoded fields (see [`Resource::encode_with_fields`]).
+    pub fn add_with_fields<M: Message + Name>(&mut self, t: TypeUrl, name: impl Into<String>, msg: &M, extra: &[u8]) {
+        self.insert(t, Resource::encode_with_fields(name, msg, extra));
     }
 
     /// Resources of type `t`.

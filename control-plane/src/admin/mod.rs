@@ -75,10 +75,12 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) ->
     let Some(sent) = s.status.sent(&id) else {
         return (StatusCode::NOT_FOUND, format!("proxy {id:?} is not connected\n")).into_response();
     };
-    let items: Vec<(&str, &str, &str, &[u8])> = sent
-        .iter()
-        .map(|(t, r)| (t.as_str(), r.name.as_str(), r.version.as_str(), &r.any[..]))
-        .collect();
+    let items = sent.iter().map(|(t, r)| sailplane_proto::DumpEntry {
+        type_url: t.as_str(),
+        name: r.name.as_str(),
+        version: r.version.as_str(),
+        any: &r.any[..],
+    });
     match sailplane_proto::config_dump(items) {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering config dump: {e}\n")).into_response(),

@@ -197,7 +197,7 @@ pub fn render(args: &BootstrapArgs) -> anyhow::Result<String> {
         None => format!("{}.{ns}", labels.get("app").copied().unwrap_or(&pod)),
     };
     let labels_yaml = if labels.is_empty() {
-        "{}".to_string()
+        " {}".to_string()
     } else {
         let mut out = String::new();
         for (k, v) in &labels {
@@ -221,7 +221,7 @@ node:
     INTERCEPTION_MODE: {mode}
     CLUSTER_ID: "Kubernetes"
     ISTIO_VERSION: "sailplane"
-    LABELS: {labels}
+    LABELS:{labels}
 admin:
   address:
     socket_address: {{ address: "127.0.0.1", port_value: {admin_port} }}
@@ -286,6 +286,7 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
+    use anyhow::{Context, anyhow, ensure};
     use clap::Parser;
     use rstest::rstest;
     use serde_yaml_ng::Value;
@@ -298,17 +299,14 @@ mod tests {
         args: BootstrapArgs,
     }
 
-    fn parse(flags: &[&str]) -> BootstrapArgs {
+    fn parse(flags: &[&str]) -> anyhow::Result<BootstrapArgs> {
         let argv = std::iter::once("bootstrap").chain(flags.iter().copied());
-        match Cli::try_parse_from(argv) {
-            Ok(cli) => cli.args,
-            Err(e) => panic!("flags {flags:?} did not parse: {e}"),
-        }
+        Cli::try_parse_from(argv).map(|cli| cli.args).map_err(|e| anyhow!("flags {flags:?} did not parse: {e}"))
     }
 
-    fn rendered(flags: &[&str]) -> Value {
-        let yaml = render(&parse(flags)).unwrap();
-        serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("rendered YAML does not parse: {e}\n{yaml}"))
+    fn rendered(flags: &[&str]) -> anyhow::Result<Value> {
+        let yaml = render(&parse(flags)?)?;
+        serde_yaml_ng::from_str(&yaml).with_context(|| format!("rendered YAML does not parse:\n{yaml}"))
     }
 
     fn get<'a>(v: &'a Value, path: &str) -> &'a Value {
@@ -323,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn node_identity_and_metadata() {
+    fn node_identity_and_metadata() -> anyhow::Result<()> {
         let doc = rendered(&[
             "--ip",
             "10.1.0.7",
@@ -337,7 +335,7 @@ mod tests {
             "app=reviews,version=v1",
             "--interception-mode",
             "NONE",
-        ]);
+        ])?;
         assert_eq!(s(&doc, "node.id"), "sidecar~10.1.0.7~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local");
         assert_eq!(s(&doc, "node.cluster"), "reviews.bookinfo");
         assert_eq!(s(&doc, "node.metadata.NAMESPACE"), "bookinfo");
@@ -346,14 +344,19 @@ mod tests {
         assert_eq!(s(&doc, "node.metadata.INTERCEPTION_MODE"), "NONE");
         assert_eq!(s(&doc, "node.metadata.CLUSTER_ID"), "Kubernetes");
         assert_eq!(s(&doc, "node.metadata.NAME"), "reviews-v1-abc");
+        assert_eq!(s(&doc, "node.metadata.ISTIO_VERSION"), "sailplane");
         assert_eq!(s(&doc, "node.metadata.LABELS.app"), "reviews");
         assert_eq!(s(&doc, "node.metadata.LABELS.version"), "v1");
         assert_eq!(s(&doc, "dynamic_resources.ads_config.api_type"), "GRPC");
+        assert_eq!(s(&doc, "dynamic_resources.ads_config.transport_api_version"), "V3");
+        assert_eq!(s(&doc, "dynamic_resources.cds_config.resource_api_version"), "V3");
+        assert_eq!(s(&doc, "dynamic_resources.lds_config.resource_api_version"), "V3");
+        Ok(())
     }
 
     #[test]
-    fn defaults_give_a_local_sidecar() {
-        let doc = rendered(&["--pod", "p"]);
+    fn defaults_give_a_local_sidecar() -> anyhow::Result<()> {
+        let doc = rendered(&["--pod", "p"])?;
         assert_eq!(s(&doc, "node.id"), "sidecar~127.0.0.1~p.default~default.svc.cluster.local");
         assert_eq!(s(&doc, "node.cluster"), "p.default");
         assert_eq!(s(&doc, "node.metadata.INTERCEPTION_MODE"), "REDIRECT");
@@ -365,10 +368,24 @@ mod tests {
         let sa = get(xds, "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address");
         assert_eq!(s(sa, "address"), "127.0.0.1");
         assert_eq!(get(sa, "port_value").as_u64(), Some(15010));
+        let http = get(xds, "typed_extension_protocol_options")
+            .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+            .context("no HttpProtocolOptions on the xds cluster")?;
+        assert!(get(http, "explicit_http_config.http2_protocol_options").is_mapping(), "xds-grpc needs HTTP/2");
+        Ok(())
     }
 
     #[test]
-    fn router_delta_and_dns_xds_address() {
+    fn default_pod_is_a_dns_label() {
+        let pod = default_pod();
+        assert!(
+            !pod.is_empty() && pod.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "default pod {pod:?}"
+        );
+    }
+
+    #[test]
+    fn router_delta_and_dns_xds_address() -> anyhow::Result<()> {
         let doc = rendered(&[
             "--node-type",
             "router",
@@ -384,19 +401,30 @@ mod tests {
             "istio-ingressgateway",
             "--interception-mode",
             "none",
-        ]);
+        ])?;
         assert_eq!(s(&doc, "node.id"), "router~127.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local");
         assert_eq!(s(&doc, "node.cluster"), "istio-ingressgateway");
         assert_eq!(s(&doc, "dynamic_resources.ads_config.api_type"), "DELTA_GRPC");
         assert_eq!(s(&doc, "static_resources.clusters.0.type"), "STRICT_DNS");
         assert_eq!(s(&doc, "node.metadata.INTERCEPTION_MODE"), "NONE");
+        Ok(())
     }
 
     #[test]
-    fn hostile_values_stay_scalars() {
-        let doc = rendered(&["--pod", "p", "--labels", "a=x: y,b=\"q\" # c"]);
+    fn ipv6_addresses() -> anyhow::Result<()> {
+        let doc = rendered(&["--pod", "p", "--ip", "fd00::7", "--xds-address", "[::1]:15010"])?;
+        assert_eq!(s(&doc, "node.id"), "sidecar~fd00::7~p.default~default.svc.cluster.local");
+        let sa = get(&doc, "static_resources.clusters.0.load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address");
+        assert_eq!(s(sa, "address"), "::1");
+        Ok(())
+    }
+
+    #[test]
+    fn hostile_values_stay_scalars() -> anyhow::Result<()> {
+        let doc = rendered(&["--pod", "p", "--labels", "a=x: y,b=\"q\" # c"])?;
         assert_eq!(s(&doc, "node.metadata.LABELS.a"), "x: y");
         assert_eq!(s(&doc, "node.metadata.LABELS.b"), "\"q\" # c");
+        Ok(())
     }
 
     #[rstest]
@@ -404,8 +432,9 @@ mod tests {
     #[case(&["--namespace", "a.b"])]
     #[case(&["--xds-address", "127.0.0.1"])]
     #[case(&["--xds-address", "127.0.0.1:99999"])]
-    fn bad_flags_are_refused(#[case] flags: &[&str]) {
-        assert!(render(&parse(flags)).is_err(), "flags {flags:?} should be refused");
+    fn bad_flags_are_refused(#[case] flags: &[&str]) -> anyhow::Result<()> {
+        ensure!(render(&parse(flags)?).is_err(), "flags {flags:?} should be refused");
+        Ok(())
     }
 
     #[test]
@@ -414,24 +443,32 @@ mod tests {
     }
 
     #[test]
-    fn output_flag_writes_the_file() {
-        let dir = tempfile::tempdir().unwrap();
+    fn output_flag_writes_the_file() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("envoy.yaml");
-        let path_str = path.to_str().unwrap();
-        let args = parse(&["--pod", "p", "--output", path_str]);
-        run(&args).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), render(&args).unwrap());
+        let path_str = path.to_str().context("temp path is not UTF-8")?;
+        let args = parse(&["--pod", "p", "--output", path_str])?;
+        run(&args)?;
+        assert_eq!(std::fs::read_to_string(&path)?, render(&args)?);
+        Ok(())
     }
 
     /// Envoy as the project's tests find it: `ENVOY_BIN`, the setup script's venv, then `PATH`.
+    /// A missing Envoy fails the test: a skipped check would read as a pass.
     fn envoy_bin() -> PathBuf {
         if let Some(p) = std::env::var_os("ENVOY_BIN") {
             return PathBuf::from(p);
         }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let venv = root.join(".venv/lib/python3.11/site-packages/envoy/_bin/envoy");
-        if venv.is_file() {
-            return venv;
+        // The venv's Python version is whatever the machine has; scripts/setup.sh does not pin it.
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+        let in_venv = std::fs::read_dir(lib)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+            .find(|p| p.is_file());
+        if let Some(p) = in_venv {
+            return p;
         }
         let on_path = std::env::var_os("PATH")
             .into_iter()
@@ -447,7 +484,7 @@ mod tests {
     #[case::sotw("sotw", "sidecar", "REDIRECT")]
     #[case::delta("delta", "sidecar", "NONE")]
     #[case::router_delta("delta", "router", "NONE")]
-    fn envoy_accepts_the_bootstrap(#[case] api: &str, #[case] kind: &str, #[case] mode: &str) {
+    fn envoy_accepts_the_bootstrap(#[case] api: &str, #[case] kind: &str, #[case] mode: &str) -> anyhow::Result<()> {
         let args = parse(&[
             "--xds-api",
             api,
@@ -459,22 +496,23 @@ mod tests {
             "p",
             "--labels",
             "app=a",
-        ]);
-        let dir = tempfile::tempdir().unwrap();
+        ])?;
+        let dir = tempfile::tempdir()?;
         let file = dir.path().join("bootstrap.yaml");
-        std::fs::write(&file, render(&args).unwrap()).unwrap();
+        std::fs::write(&file, render(&args)?)?;
         let envoy = envoy_bin();
         let out = Command::new(&envoy)
             .args(["--mode", "validate", "--log-level", "error", "-c"])
             .arg(&file)
             .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", envoy.display()));
-        assert!(
+            .with_context(|| format!("running {}", envoy.display()))?;
+        ensure!(
             out.status.success(),
             "envoy --mode validate rejected the {api} bootstrap ({}):\nstdout: {}\nstderr: {}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        Ok(())
     }
 }

@@ -1,4 +1,5 @@
 //! Subcommands of the `sailplane` binary.
 
+pub mod analyze;
 pub mod bootstrap;
 pub mod discovery;

@@ -55,11 +55,6 @@ impl Subscription {
         }
         Subscription { wildcard, names: Arc::new(names), fingerprint: h.digest128() }
     }
-
-    /// Whether `name` is of interest.
-    pub(crate) fn wants(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
-    }
 }
 
 /// One shared state-of-the-world body.
@@ -98,19 +93,22 @@ pub(crate) struct BodyCache {
     sweep_at: AtomicUsize,
     encodes: AtomicU64,
     control_plane: Bytes,
+    control_plane_delta: Bytes,
 }
 
 /// Sweep no more often than when the map holds this many entries.
 const MIN_SWEEP: usize = 64;
 
 impl BodyCache {
-    pub(crate) fn new(control_plane: Bytes) -> Self {
+    /// A cache whose responses name the control plane `identifier`.
+    pub(crate) fn new(identifier: &str) -> Self {
         BodyCache {
             bodies: DashMap::new(),
             versions: DashMap::new(),
             sweep_at: AtomicUsize::new(MIN_SWEEP),
             encodes: AtomicU64::new(0),
-            control_plane,
+            control_plane: wire::control_plane_field(wire::Api::Sotw, identifier),
+            control_plane_delta: wire::control_plane_field(wire::Api::Delta, identifier),
         }
     }
 
@@ -119,9 +117,14 @@ impl BodyCache {
         self.encodes.load(Ordering::Relaxed)
     }
 
-    /// The encoded `control_plane` field appended to responses.
+    /// The encoded `control_plane` field of state-of-the-world responses.
     pub(crate) fn control_plane(&self) -> &Bytes {
         &self.control_plane
+    }
+
+    /// The encoded `control_plane` field of Delta responses.
+    pub(crate) fn control_plane_delta(&self) -> &Bytes {
+        &self.control_plane_delta
     }
 
     /// The state-of-the-world body of type `t` for `sub` in `set`.
@@ -188,6 +191,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 
@@ -204,7 +208,7 @@ mod tests {
 
     #[test]
     fn one_encode_per_set_type_and_subscription() {
-        let cache = BodyCache::new(Bytes::new());
+        let cache = BodyCache::new("");
         let s = set(&["a", "b"]);
         let all = Subscription::from_sotw_names(TypeUrl::Cluster, &[]);
         let first = cache.sotw(&s, TypeUrl::Cluster, &all);
@@ -229,7 +233,7 @@ mod tests {
 
     #[test]
     fn dead_sets_are_swept() {
-        let cache = BodyCache::new(Bytes::new());
+        let cache = BodyCache::new("");
         let all = Subscription::from_sotw_names(TypeUrl::Cluster, &[]);
         for i in 0..(MIN_SWEEP * 3) {
             let s = set(&[&format!("c{i}")]);
@@ -245,6 +249,6 @@ mod tests {
         assert!(!Subscription::from_sotw_names(TypeUrl::Endpoint, &[]).wildcard);
         assert!(Subscription::from_sotw_names(TypeUrl::Endpoint, &["*".into()]).wildcard);
         let named = Subscription::from_sotw_names(TypeUrl::Cluster, &["a".into()]);
-        assert!(!named.wildcard && named.wants("a") && !named.wants("b"));
+        assert!(!named.wildcard && named.names.contains("a") && named.names.len() == 1);
     }
 }

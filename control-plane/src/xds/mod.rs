@@ -4,6 +4,18 @@
 //! as [`Snapshot`]s of encoded resources from a [`SnapshotSource`]; proxies whose profiles are equal
 //! share one snapshot (and its encoded bytes) by `Arc`.
 
+mod cache;
+mod delta;
+pub mod metrics;
+mod server;
+mod sotw;
+pub mod status;
+mod wire;
+
+pub use metrics::XdsMetrics;
+pub use server::{AdsService, XdsError, XdsServer};
+pub use status::{SentResources, StatusRegistry, SyncState, TypeStatus, XdsApi};
+
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -20,8 +20,8 @@ const SOTW_RESOURCES: u32 = 2;
 const SOTW_TYPE_URL: u32 = 4;
 /// `DiscoveryResponse.nonce`.
 const SOTW_NONCE: u32 = 5;
-/// `DiscoveryResponse.control_plane` and `DeltaDiscoveryResponse.control_plane`.
-const CONTROL_PLANE: u32 = 6;
+/// `DiscoveryResponse.control_plane`.
+const SOTW_CONTROL_PLANE: u32 = 6;
 
 /// `DeltaDiscoveryResponse.system_version_info`.
 const DELTA_SYSTEM_VERSION_INFO: u32 = 1;
@@ -33,6 +33,8 @@ const DELTA_TYPE_URL: u32 = 4;
 const DELTA_NONCE: u32 = 5;
 /// `DeltaDiscoveryResponse.removed_resources`.
 const DELTA_REMOVED_RESOURCES: u32 = 6;
+/// `DeltaDiscoveryResponse.control_plane` (7 here, unlike the state-of-the-world 6).
+const DELTA_CONTROL_PLANE: u32 = 7;
 
 /// `discovery.v3.Resource.version`.
 const RESOURCE_VERSION: u32 = 1;
@@ -88,14 +90,27 @@ fn put_str_field(buf: &mut impl BufMut, field: u32, s: &str) {
     }
 }
 
+/// Which response message a field is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    /// `DiscoveryResponse`.
+    Sotw,
+    /// `DeltaDiscoveryResponse`.
+    Delta,
+}
+
 /// The encoded `control_plane` field (`ControlPlane { identifier }`), appended to every response.
-pub(crate) fn control_plane_field(identifier: &str) -> Bytes {
+pub(crate) fn control_plane_field(api: Api, identifier: &str) -> Bytes {
     if identifier.is_empty() {
         return Bytes::new();
     }
+    let field = match api {
+        Api::Sotw => SOTW_CONTROL_PLANE,
+        Api::Delta => DELTA_CONTROL_PLANE,
+    };
     let inner_len = field_len(CONTROL_PLANE_IDENTIFIER, identifier.len());
-    let mut buf = Vec::with_capacity(field_len(CONTROL_PLANE, inner_len));
-    put_varint(&mut buf, (u64::from(CONTROL_PLANE) << 3) | 2);
+    let mut buf = Vec::with_capacity(field_len(field, inner_len));
+    put_varint(&mut buf, (u64::from(field) << 3) | 2);
     put_varint(&mut buf, inner_len as u64);
     put_str_field(&mut buf, CONTROL_PLANE_IDENTIFIER, identifier);
     Bytes::from(buf)
@@ -203,6 +218,7 @@ pub(crate) fn delta_message(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::config::core::v3::ControlPlane;
@@ -247,7 +263,7 @@ mod tests {
     #[case::large_body_split(200, 200)]
     fn sotw_matches_prost(#[case] n: usize, #[case] pad: usize) {
         let resources: Vec<Resource> = (0..n).map(|i| cluster(&format!("c{i}"), pad)).collect();
-        let cp = control_plane_field("sailplane-test");
+        let cp = control_plane_field(Api::Sotw, "sailplane-test");
         let body = sotw_body("v1", "type.googleapis.com/envoy.config.cluster.v3.Cluster", resources.iter(), &cp);
         let framed = sotw_frame(&body, "nonce-7");
         assert_eq!(framed.body.is_some(), body.len() > MERGE_LIMIT);
@@ -277,7 +293,7 @@ mod tests {
         use envoy_types::pb::envoy::service::discovery::v3::Resource as DeltaResource;
         let resources: Vec<Resource> = (0..4).map(|i| cluster(&format!("c{i}"), i * 50)).collect();
         let refs: Vec<&Resource> = resources.iter().collect();
-        let cp = control_plane_field("cp");
+        let cp = control_plane_field(Api::Delta, "cp");
         let wire = delta_message("sys-1", "t/u", &refs, &["gone-a", "gone-b"], "n1", &cp);
         let got = DeltaDiscoveryResponse::decode(unframe(&wire)).unwrap();
         let want = DeltaDiscoveryResponse {

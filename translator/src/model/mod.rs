@@ -10,6 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 pub use proxy::{InterceptionMode, NodeType, ProxyProfile};
+
+use crate::diag::Diagnostic;
+
+/// The Kubernetes cluster domain: Services are `<name>.<namespace>.svc.<domain>`.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 pub use world::build_world;
 
 /// Sorted string map used for labels and metadata.
@@ -39,6 +44,80 @@ impl Default for MeshConfig {
             enable_auto_mtls: true,
             proxy_metadata: Labels::new(),
         }
+    }
+}
+
+impl MeshConfig {
+    /// Reads the subset of Istio's MeshConfig that Sailplane honours from a parsed YAML/JSON document:
+    /// `rootNamespace`, `trustDomain`, `outboundTrafficPolicy.mode` (`ALLOW_ANY` / `REGISTRY_ONLY`),
+    /// `enableAutoMtls`, `defaultConfig.proxyMetadata`. Missing keys keep Istio's defaults; other keys
+    /// are ignored (MeshConfig has many settings Sailplane does not act on). A key of the wrong type
+    /// is an error naming its path.
+    pub fn from_yaml_value(v: &serde_json::Value) -> Result<MeshConfig, Diagnostic> {
+        const OBJECT: &str = "MeshConfig";
+        let mut mesh = MeshConfig::default();
+        let root = match v {
+            serde_json::Value::Null => return Ok(mesh),
+            serde_json::Value::Object(m) => m,
+            _ => return Err(Diagnostic::error(OBJECT, "", "mesh config must be a mapping")),
+        };
+        let string_at = |value: &serde_json::Value, path: &str| -> Result<String, Diagnostic> {
+            value
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Diagnostic::error(OBJECT, path, "expected a string"))
+        };
+        if let Some(ns) = root.get("rootNamespace") {
+            mesh.root_namespace = string_at(ns, "rootNamespace")?;
+        }
+        if let Some(td) = root.get("trustDomain") {
+            mesh.trust_domain = string_at(td, "trustDomain")?;
+        }
+        if let Some(policy) = root.get("outboundTrafficPolicy") {
+            let policy = policy
+                .as_object()
+                .ok_or_else(|| Diagnostic::error(OBJECT, "outboundTrafficPolicy", "expected a mapping"))?;
+            if let Some(mode) = policy.get("mode") {
+                mesh.outbound_traffic_policy = match string_at(mode, "outboundTrafficPolicy.mode")?.as_str() {
+                    "ALLOW_ANY" => OutboundTrafficPolicy::AllowAny,
+                    "REGISTRY_ONLY" => OutboundTrafficPolicy::RegistryOnly,
+                    other => {
+                        return Err(Diagnostic::error(
+                            OBJECT,
+                            "outboundTrafficPolicy.mode",
+                            format!("unknown mode {other:?} (expected ALLOW_ANY or REGISTRY_ONLY)"),
+                        ));
+                    }
+                };
+            }
+        }
+        if let Some(auto) = root.get("enableAutoMtls") {
+            mesh.enable_auto_mtls = auto
+                .as_bool()
+                .ok_or_else(|| Diagnostic::error(OBJECT, "enableAutoMtls", "expected a boolean"))?;
+        }
+        if let Some(meta) = root.get("defaultConfig").and_then(|d| d.get("proxyMetadata")) {
+            let meta = meta
+                .as_object()
+                .ok_or_else(|| Diagnostic::error(OBJECT, "defaultConfig.proxyMetadata", "expected a mapping"))?;
+            for (k, v) in meta {
+                // Kubernetes users often write unquoted numbers and booleans; the agent reads strings.
+                let value = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::Bool(b) => b.to_string(),
+                    _ => {
+                        return Err(Diagnostic::error(
+                            OBJECT,
+                            format!("defaultConfig.proxyMetadata.{k}"),
+                            "expected a string",
+                        ));
+                    }
+                };
+                mesh.proxy_metadata.insert(k.clone(), value);
+            }
+        }
+        Ok(mesh)
     }
 }
 
@@ -110,11 +189,12 @@ impl Protocol {
     /// Protocol from a port name (`http-web`, `grpc`, `tcp-db`) or appProtocol, as Istio infers it.
     /// Well-known server-first ports (25, 53, 3306, 27017) are TCP when nothing is declared.
     pub fn infer(name: &str, app_protocol: Option<&str>, port: u16) -> Protocol {
-        if let Some(p) = app_protocol.and_then(|a| Protocol::parse(a).or_else(|| match a {
+        let kubernetes_app_protocol = |a: &str| match a {
             "kubernetes.io/h2c" => Some(Protocol::Http2),
             "kubernetes.io/ws" | "kubernetes.io/wss" => Some(Protocol::Http),
             _ => None,
-        })) {
+        };
+        if let Some(p) = app_protocol.and_then(|a| Protocol::parse(a).or(kubernetes_app_protocol(a))) {
             return p;
         }
         let prefix = name.split('-').next().unwrap_or_default();
@@ -177,6 +257,18 @@ pub struct ServicePort {
     pub target_port: Option<u16>,
     /// Named target port, resolved per endpoint.
     pub target_port_name: Option<String>,
+}
+
+impl ServicePort {
+    /// Key of this port in [`Endpoint::ports`]: the port name, or the port number as text when the
+    /// port is unnamed.
+    pub fn key(&self) -> String {
+        if self.name.is_empty() {
+            self.port.to_string()
+        } else {
+            self.name.clone()
+        }
+    }
 }
 
 /// One endpoint (a pod, a WorkloadEntry, a ServiceEntry endpoint).
@@ -250,6 +342,26 @@ impl Service {
     /// The port with number `port`.
     pub fn port(&self, port: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == port)
+    }
+
+    /// The port `ep` serves `sp` on, or `None` when the endpoint does not serve that port.
+    ///
+    /// Kubernetes endpoints carry an explicit port per service port (from the EndpointSlice or the
+    /// pod's container ports), so a missing entry means "not served". ServiceEntry endpoints may
+    /// override a port by name; otherwise they serve the target port (or the service port).
+    pub fn endpoint_port(&self, ep: &Endpoint, sp: &ServicePort) -> Option<u16> {
+        if let Some(p) = ep.ports.get(&sp.key()) {
+            return Some(*p);
+        }
+        match self.origin {
+            ServiceOrigin::Kubernetes => None,
+            ServiceOrigin::ServiceEntry => Some(sp.target_port.unwrap_or(sp.port)),
+        }
+    }
+
+    /// Whether this is a Kubernetes Service without a cluster IP (`clusterIP: None`).
+    pub fn is_headless_kubernetes(&self) -> bool {
+        self.origin == ServiceOrigin::Kubernetes && self.resolution == Resolution::Passthrough
     }
 }
 

@@ -1,31 +1,10 @@
-//! Istio API types (networking.istio.io, security.istio.io), with Istio's JSON field names.
-//! Unknown fields are errors, so a typo is reported instead of silently ignored.
+//! `ServiceEntry` and `WorkloadEntry` (networking.istio.io).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
-/// `networking.istio.io ServiceEntry`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceEntry {
-    /// API version.
-    #[serde(default)]
-    pub api_version: String,
-    /// Kind.
-    #[serde(default)]
-    pub kind: String,
-    /// Object metadata.
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// Spec.
-    #[serde(default)]
-    pub spec: ServiceEntrySpec,
-    /// Status (ignored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
-}
+use super::WorkloadSelector;
 
 /// `ServiceEntry.spec`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -101,6 +80,18 @@ pub enum SeResolution {
     DnsRoundRobin,
 }
 
+impl SeResolution {
+    /// Istio's name for the mode (`DNS_ROUND_ROBIN`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeResolution::None => "NONE",
+            SeResolution::Static => "STATIC",
+            SeResolution::Dns => "DNS",
+            SeResolution::DnsRoundRobin => "DNS_ROUND_ROBIN",
+        }
+    }
+}
+
 /// `WorkloadEntry.spec`, also the shape of a ServiceEntry endpoint.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -126,13 +117,4 @@ pub struct WorkloadEntrySpec {
     /// Service account.
     #[serde(default)]
     pub service_account: String,
-}
-
-/// `workloadSelector`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WorkloadSelector {
-    /// Labels to match.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
 }

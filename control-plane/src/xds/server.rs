@@ -1,0 +1,324 @@
+//! The ADS gRPC service: `StreamAggregatedResources` (state of the world) and
+//! `DeltaAggregatedResources` (incremental) on one tower service.
+//!
+//! Requests are decoded with prost through tonic's `Streaming`. Responses bypass tonic's encoder: each
+//! stream writes pre-assembled protobuf bytes (see [`super::wire`]) into its own HTTP body, so a body
+//! shared by a thousand streams goes to hyper as the same `Bytes` a thousand times, never copied or
+//! re-encoded. One task per stream runs the protocol (see [`super::sotw`] and [`super::delta`]).
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use http_body::Frame;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+use tonic::codec::{Codec, Streaming};
+use tonic::codegen::http;
+use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
+use prometheus_client::registry::Registry;
+use tonic_prost::ProstCodec;
+use tracing::{debug, info};
+
+use super::cache::BodyCache;
+use super::metrics::XdsMetrics;
+use super::status::{ProxyEntry, StatusRegistry, XdsApi};
+use super::wire::Framed;
+use super::{Snapshot, SnapshotSource, delta, sotw};
+use crate::proxy::ProxyInfo;
+
+/// gRPC path of the state-of-the-world method.
+const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+/// gRPC path of the Delta method.
+const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+/// Largest request accepted. A Delta reconnect lists every resource the proxy holds in
+/// `initial_resource_versions`, which for large meshes exceeds tonic's 4 MiB default.
+const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// Chunks queued between a stream task and its HTTP body. Small, so a slow proxy holds back its own
+/// task instead of piling up responses; the chunks themselves are mostly shared bytes.
+const BODY_QUEUE: usize = 4;
+
+/// Identifier sent in every response's `control_plane` field.
+const CONTROL_PLANE_ID: &str = "sailplane";
+
+/// Errors of the xDS server.
+#[derive(Debug, thiserror::Error)]
+pub enum XdsError {
+    /// The gRPC transport failed (bind, accept, HTTP/2).
+    #[error("xds server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// State shared by every stream of one server.
+pub(crate) struct Shared {
+    pub(crate) source: Arc<dyn SnapshotSource>,
+    pub(crate) status: Arc<StatusRegistry>,
+    pub(crate) metrics: Arc<XdsMetrics>,
+    pub(crate) cache: BodyCache,
+    nonce_prefix: u32,
+    nonce: AtomicU64,
+}
+
+impl Shared {
+    /// A nonce unique on this server (and, by its random prefix, across restarts).
+    pub(crate) fn next_nonce(&self) -> String {
+        let n = self.nonce.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}-{n}", self.nonce_prefix)
+    }
+}
+
+/// The ADS server. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct XdsServer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for XdsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsServer").field("proxies", &self.shared.status.len()).finish_non_exhaustive()
+    }
+}
+
+impl XdsServer {
+    /// A server taking snapshots from `source`, with a fresh [`StatusRegistry`] and its metrics
+    /// registered in `registry`.
+    pub fn new(source: Arc<dyn SnapshotSource>, registry: &mut Registry) -> XdsServer {
+        Self::from_parts(source, Arc::new(StatusRegistry::new()), Arc::new(XdsMetrics::new(registry)))
+    }
+
+    /// A server taking snapshots from `source`, recording per-proxy status in `status` and counting in
+    /// `metrics`.
+    pub fn from_parts(source: Arc<dyn SnapshotSource>, status: Arc<StatusRegistry>, metrics: Arc<XdsMetrics>) -> XdsServer {
+        XdsServer {
+            shared: Arc::new(Shared {
+                source,
+                status,
+                metrics,
+                cache: BodyCache::new(CONTROL_PLANE_ID),
+                nonce_prefix: rand::random(),
+                nonce: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The tower service to mount with `tonic::transport::Server::builder().add_service(..)`.
+    pub fn into_service(self) -> AdsService {
+        AdsService { shared: self.shared }
+    }
+
+    /// The status registry this server records into (for `/debug/syncz` and `/debug/config_dump`).
+    pub fn status(&self) -> Arc<StatusRegistry> {
+        Arc::clone(&self.shared.status)
+    }
+
+    /// The metrics this server counts into.
+    pub fn metrics(&self) -> Arc<XdsMetrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// How many state-of-the-world bodies were encoded so far. Streams sharing a snapshot share its
+    /// bodies, so this grows per snapshot and type, not per stream (exposed for tests and benchmarks).
+    pub fn body_encodes(&self) -> u64 {
+        self.shared.cache.encodes()
+    }
+
+    /// Serves ADS on `listener` until the transport fails (or the task is dropped).
+    pub async fn serve(self, listener: TcpListener) -> Result<(), XdsError> {
+        self.serve_with_shutdown(listener, std::future::pending()).await
+    }
+
+    /// Serves ADS on `listener` until `shutdown` completes.
+    pub async fn serve_with_shutdown<F>(self, listener: TcpListener, shutdown: F) -> Result<(), XdsError>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            // Dead peers (a killed proxy's half-open connection) are noticed and their streams freed.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(self.into_service())
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The ADS tower service (see [`XdsServer::into_service`]).
+#[derive(Clone)]
+pub struct AdsService {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AdsService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdsService").finish_non_exhaustive()
+    }
+}
+
+impl NamedService for AdsService {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl<B> tower::Service<http::Request<B>> for AdsService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let api = match req.uri().path() {
+            SOTW_PATH => XdsApi::Sotw,
+            DELTA_PATH => XdsApi::Delta,
+            _ => return ready(Ok(Status::unimplemented("unknown method").into_http())),
+        };
+        // Only identity is supported; Envoy does not compress ADS requests unless told to.
+        if req.headers().get("grpc-encoding").is_some_and(|v| v.as_bytes() != b"identity") {
+            return ready(Ok(Status::unimplemented("compressed requests are not supported").into_http()));
+        }
+        let (tx, rx) = mpsc::channel(BODY_QUEUE);
+        let out = Out { tx };
+        let shared = Arc::clone(&self.shared);
+        let body = req.into_body();
+        match api {
+            XdsApi::Sotw => {
+                let decoder = ProstCodec::<DiscoveryResponse, DiscoveryRequest>::default().decoder();
+                let requests = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES));
+                tokio::spawn(finish(sotw::run(shared, requests, out.clone()), out));
+            }
+            XdsApi::Delta => {
+                let decoder = ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default().decoder();
+                let requests = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES));
+                tokio::spawn(finish(delta::run(shared, requests, out.clone()), out));
+            }
+        }
+        let mut response = http::Response::new(tonic::body::Body::new(AdsBody { rx }));
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        ready(Ok(response))
+    }
+}
+
+/// Runs a stream and ends its body with the gRPC status as trailers.
+async fn finish(stream: impl Future<Output = Result<(), Status>>, out: Out) {
+    let status = match stream.await {
+        Ok(()) => Status::ok(""),
+        Err(status) => status,
+    };
+    let mut trailers = http::HeaderMap::new();
+    if status.add_header(&mut trailers).is_err() {
+        trailers.insert(Status::GRPC_STATUS, http::HeaderValue::from_static("13"));
+    }
+    // The client may be gone already; then there is no one to tell.
+    let _ = out.tx.send(Frame::trailers(trailers)).await;
+}
+
+/// The sending half of a stream's response body.
+#[derive(Clone)]
+pub(crate) struct Out {
+    tx: mpsc::Sender<Frame<Bytes>>,
+}
+
+impl Out {
+    /// Queues one framed state-of-the-world response.
+    pub(crate) async fn send_framed(&self, framed: Framed) -> Result<(), Status> {
+        self.send(framed.head).await?;
+        match framed.body {
+            Some(body) => self.send(body).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Queues bytes already carrying their gRPC prefix.
+    pub(crate) async fn send(&self, bytes: Bytes) -> Result<(), Status> {
+        self.tx.send(Frame::data(bytes)).await.map_err(|_| Status::cancelled("client went away"))
+    }
+
+    /// Completes when the client has gone (the body was dropped).
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await;
+    }
+}
+
+/// The response body: whatever the stream task queues, then trailers.
+struct AdsBody {
+    rx: mpsc::Receiver<Frame<Bytes>>,
+}
+
+impl http_body::Body for AdsBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|frame| frame.map(Ok))
+    }
+}
+
+/// One proxy's stream: registered in the status registry and connected to the snapshot source for its
+/// lifetime. Dropping it (the stream ended, however) undoes both.
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    pub(crate) proxy: ProxyInfo,
+    pub(crate) entry: Arc<ProxyEntry>,
+}
+
+impl Connection {
+    /// Registers `proxy` and returns its snapshot channel.
+    pub(crate) fn open(shared: &Arc<Shared>, proxy: ProxyInfo, api: XdsApi) -> (Connection, watch::Receiver<Arc<Snapshot>>) {
+        let entry = shared.status.register(&proxy, api);
+        shared.metrics.connect();
+        let snapshots = shared.source.connect(&proxy);
+        info!(proxy = %proxy.id, api = api.as_str(), "proxy connected");
+        (Connection { shared: Arc::clone(shared), proxy, entry }, snapshots)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.source.disconnect(&self.proxy);
+        self.shared.status.unregister(&self.entry);
+        self.shared.metrics.disconnect();
+        info!(proxy = %self.proxy.id, api = self.entry.api().as_str(), "proxy disconnected");
+    }
+}
+
+/// Reads the first request of a stream and identifies the proxy from its node. `Ok(None)`: the client
+/// left before saying anything.
+pub(crate) async fn first_request<T, N>(
+    requests: &mut Streaming<T>,
+    node: N,
+) -> Result<Option<(T, ProxyInfo)>, Status>
+where
+    N: FnOnce(&T) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+{
+    let first = match requests.message().await {
+        Ok(Some(first)) => first,
+        Ok(None) => return Ok(None),
+        Err(status) => {
+            debug!(%status, "stream failed before its first request");
+            return Ok(None);
+        }
+    };
+    let proxy = ProxyInfo::from_node(node(&first)).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(Some((first, proxy)))
+}

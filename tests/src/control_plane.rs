@@ -1,0 +1,207 @@
+//! The control plane under test: the real `sailplane discovery` binary as a child process.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::http::{self, Response};
+use crate::wait::eventually;
+use crate::{log_tail, paths, ports};
+
+/// A running `sailplane discovery --config DIR`, killed on drop.
+pub struct ControlPlane {
+    child: Child,
+    /// Plaintext gRPC xDS port on 127.0.0.1.
+    pub xds_port: u16,
+    /// Debug and metrics port on 127.0.0.1.
+    pub monitoring_port: u16,
+    log: PathBuf,
+    _scratch: TempDir,
+}
+
+impl ControlPlane {
+    /// Starts the control plane on `config_dir` with free ports and waits until `/ready` answers 200.
+    pub async fn start(config_dir: &Path) -> anyhow::Result<ControlPlane> {
+        Self::start_with(config_dir, &[]).await
+    }
+
+    /// Like [`ControlPlane::start`], with extra `discovery` flags.
+    pub async fn start_with(config_dir: &Path, extra: &[&str]) -> anyhow::Result<ControlPlane> {
+        let bin = paths::sailplane_bin()?;
+        let xds_port = ports::free_port()?;
+        let monitoring_port = ports::free_port()?;
+        let scratch = tempfile::Builder::new().prefix("sailplane-cp-").tempdir()?;
+        let log = scratch.path().join("sailplane.log");
+        let out = File::create(&log)?;
+        let err = out.try_clone()?;
+        let child = Command::new(&bin)
+            .arg("discovery")
+            .arg("--config")
+            .arg(config_dir)
+            .args(["--listen-address", "127.0.0.1"])
+            .args(["--xds-port", &xds_port.to_string()])
+            .args(["--monitoring-port", &monitoring_port.to_string()])
+            .args(extra)
+            .env("SAILPLANE_LOG", std::env::var("SAILPLANE_LOG").unwrap_or_else(|_| "info,sailplane=debug".into()))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let mut cp = ControlPlane {
+            child,
+            xds_port,
+            monitoring_port,
+            log,
+            _scratch: scratch,
+        };
+        cp.wait_ready().await?;
+        Ok(cp)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let url = self.url("/ready");
+        let result = eventually("control plane /ready to answer 200", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                let r = http::get(&url).await?;
+                if r.status == 200 { Ok(()) } else { bail!("status {}: {}", r.status, r.body) }
+            }
+        })
+        .await;
+        if let Err(e) = result {
+            let exited = self.child.try_wait().ok().flatten();
+            bail!(
+                "{e:#}\ncontrol plane exit status: {exited:?}\n--- control plane log ---\n{}",
+                log_tail(&self.log, 60)
+            );
+        }
+        Ok(())
+    }
+
+    /// `host:port` of the xDS server, as `sailplane bootstrap --xds-address` wants it.
+    pub fn xds_address(&self) -> String {
+        format!("127.0.0.1:{}", self.xds_port)
+    }
+
+    /// `http://127.0.0.1:<monitoring port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.monitoring_port)
+    }
+
+    /// `GET` on the monitoring port.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Response> {
+        http::get(&self.url(path)).await
+    }
+
+    /// `GET` on the monitoring port that must answer 200 with JSON.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self.get(path).await?;
+        if r.status != 200 {
+            bail!("GET {path}: status {} (expected 200): {}", r.status, r.body);
+        }
+        r.json().with_context(|| format!("GET {path}"))
+    }
+
+    /// `/debug/syncz`: every connected proxy and its per-type sync state.
+    pub async fn syncz(&self) -> anyhow::Result<Value> {
+        self.get_json("/debug/syncz").await
+    }
+
+    /// The `/debug/syncz` entry of one proxy (the JSON object that names its node id), if connected.
+    pub async fn syncz_entry(&self, proxy_id: &str) -> anyhow::Result<Option<Value>> {
+        Ok(find_object_naming(&self.syncz().await?, proxy_id))
+    }
+
+    /// `/debug/config_dump?proxyID=<id>`: what the control plane sent that proxy.
+    pub async fn config_dump(&self, proxy_id: &str) -> anyhow::Result<Value> {
+        self.get_json(&format!("/debug/config_dump?proxyID={}", encode_query(proxy_id))).await
+    }
+
+    /// `/debug/diagnostics`: problems found in the configuration directory.
+    pub async fn diagnostics(&self) -> anyhow::Result<Value> {
+        self.get_json("/debug/diagnostics").await
+    }
+
+    /// `/metrics` in Prometheus text format.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let r = self.get("/metrics").await?;
+        if r.status != 200 {
+            bail!("GET /metrics: status {}: {}", r.status, r.body);
+        }
+        Ok(r.body)
+    }
+
+    /// Sum of all samples of a metric family in `/metrics` (any labels; counters may carry the
+    /// OpenMetrics `_total` suffix), or `None` when no sample exists.
+    pub async fn metric_sum(&self, name: &str) -> anyhow::Result<Option<f64>> {
+        Ok(metric_sum(&self.metrics().await?, name))
+    }
+
+    /// Whether the child process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last lines of the control plane's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log, lines)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Captured by the test harness: shown only when the test fails.
+        eprintln!("--- control plane log (last 80 lines) ---\n{}", log_tail(&self.log, 80));
+    }
+}
+
+/// Percent-encodes a query value (node ids contain `~`, which is safe, and may contain others).
+fn encode_query(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The innermost-first search for a JSON object that has a string value equal to `needle` among its
+/// direct fields (the syncz entry of one proxy, whatever the surrounding shape).
+pub fn find_object_naming(v: &Value, needle: &str) -> Option<Value> {
+    match v {
+        Value::Object(map) => {
+            if map.values().any(|x| x.as_str() == Some(needle)) {
+                return Some(v.clone());
+            }
+            map.values().find_map(|x| find_object_naming(x, needle))
+        }
+        Value::Array(items) => items.iter().find_map(|x| find_object_naming(x, needle)),
+        _ => None,
+    }
+}
+
+/// Sum of the samples of `name` (or `name_total`) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(pair) => pair,
+            None => continue,
+        };
+        let family = series.split('{').next().unwrap_or_default();
+        if (family == name || family == format!("{name}_total"))
+            && let Ok(v) = value.parse::<f64>()
+        {
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}

@@ -1,0 +1,259 @@
+//! Endpoints (EDS): one `ClusterLoadAssignment` per EDS cluster, and the inline endpoints of DNS
+//! clusters.
+//!
+//! As istiod: endpoints are grouped by locality (sorted), each `HEALTHY` with a load-balancing
+//! weight (1 when unset), each locality weighted by the sum; endpoints that are not ready are left
+//! out; endpoints of workloads with a sidecar carry `envoy.transport_socket_match: {tlsMode: istio}`
+//! so auto-mTLS clusters can pick the Istio TLS socket for them.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality, Metadata};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::google::protobuf::{Struct, UInt32Value, Value, value};
+
+use super::Ctx;
+use super::cluster::discovery_type;
+use crate::model::{Endpoint, Resolution, Service, ServicePort};
+use crate::names;
+use crate::resources::{ResourceSet, TypeUrl};
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType;
+
+/// Filter metadata key Envoy matches `transport_socket_matches` against.
+pub const TRANSPORT_SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";
+
+/// Which endpoints a cluster can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointFilter {
+    /// EDS: IP addresses only (hostnames from ServiceEntries cannot be sent over EDS).
+    Eds,
+    /// DNS clusters: hostnames allowed; the host itself when the service lists no endpoints.
+    Dns,
+}
+
+/// Adds a `ClusterLoadAssignment` for every EDS cluster of the proxy.
+pub fn build_endpoints(ctx: &Ctx<'_>, set: &mut ResourceSet) {
+    for svc in &ctx.services {
+        if discovery_type(ctx.proxy.node_type, svc) != DiscoveryType::Eds {
+            continue;
+        }
+        for port in &svc.ports {
+            let cla = cluster_load_assignment(svc, port);
+            set.add(TypeUrl::Endpoint, cla.cluster_name.clone(), &cla);
+        }
+    }
+}
+
+/// The EDS answer for `outbound|<port>||<host>`: empty (but present) when nothing is ready, as
+/// Envoy needs an answer for every EDS cluster to finish warming.
+pub fn cluster_load_assignment(svc: &Service, port: &ServicePort) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: names::outbound_cluster(port.port, "", &svc.hostname),
+        endpoints: locality_lb_endpoints(svc, port, EndpointFilter::Eds),
+        ..Default::default()
+    }
+}
+
+fn is_ip(s: &str) -> bool {
+    s.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Envoy locality from Istio's `region/zone/subzone` label.
+fn locality(label: &str) -> Locality {
+    let mut parts = label.splitn(3, '/');
+    Locality {
+        region: parts.next().unwrap_or_default().to_string(),
+        zone: parts.next().unwrap_or_default().to_string(),
+        sub_zone: parts.next().unwrap_or_default().to_string(),
+    }
+}
+
+fn lb_endpoint(ep: &Endpoint, port: u16) -> LbEndpoint {
+    let metadata = ep.has_sidecar().then(|| {
+        let mut fields = std::collections::HashMap::new();
+        fields.insert(
+            "tlsMode".to_string(),
+            Value {
+                kind: Some(value::Kind::StringValue("istio".to_string())),
+            },
+        );
+        let mut filter_metadata = std::collections::HashMap::new();
+        // One key per map: encoding stays deterministic despite prost's HashMaps.
+        filter_metadata.insert(TRANSPORT_SOCKET_MATCH_KEY.to_string(), Struct { fields });
+        Metadata {
+            filter_metadata,
+            ..Default::default()
+        }
+    });
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+            address: super::socket_addr(&ep.address, port),
+            ..Default::default()
+        })),
+        health_status: HealthStatus::Healthy as i32,
+        metadata,
+        load_balancing_weight: Some(UInt32Value {
+            value: ep.weight.max(1),
+        }),
+    }
+}
+
+/// Endpoints of one service port, grouped by locality (sorted by locality label).
+pub fn locality_lb_endpoints(svc: &Service, port: &ServicePort, filter: EndpointFilter) -> Vec<LocalityLbEndpoints> {
+    let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    for ep in &svc.endpoints {
+        if !ep.ready {
+            continue;
+        }
+        if filter == EndpointFilter::Eds && !is_ip(&ep.address) {
+            continue;
+        }
+        let Some(p) = svc.endpoint_port(ep, port) else { continue };
+        by_locality
+            .entry(ep.locality.as_deref().unwrap_or_default())
+            .or_default()
+            .push(lb_endpoint(ep, p));
+    }
+    if by_locality.is_empty()
+        && filter == EndpointFilter::Dns
+        && matches!(svc.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+        && svc.selector.is_none()
+    {
+        // A DNS ServiceEntry without endpoints resolves its own host (istiod synthesizes this
+        // endpoint when it converts the ServiceEntry).
+        let synthetic = Endpoint {
+            address: svc.hostname.clone(),
+            ports: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            service_account: None,
+            namespace: svc.namespace.clone(),
+            weight: 0,
+            locality: None,
+            ready: true,
+        };
+        let p = port.target_port.unwrap_or(port.port);
+        by_locality.insert("", vec![lb_endpoint(&synthetic, p)]);
+    }
+    by_locality
+        .into_iter()
+        .map(|(label, lb_endpoints)| {
+            let weight = lb_endpoints
+                .iter()
+                .map(|e| e.load_balancing_weight.map_or(0, |w| w.value))
+                .fold(0u32, u32::saturating_add);
+            LocalityLbEndpoints {
+                locality: Some(locality(label)),
+                lb_endpoints,
+                load_balancing_weight: Some(UInt32Value { value: weight }),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rstest::rstest;
+
+    use super::*;
+    use crate::model::{Location, Protocol, ServiceOrigin};
+
+    fn ep(addr: &str, ready: bool, sidecar: bool, weight: u32, locality: Option<&str>) -> Endpoint {
+        let mut labels = BTreeMap::new();
+        if sidecar {
+            labels.insert("security.istio.io/tlsMode".to_string(), "istio".to_string());
+        }
+        Endpoint {
+            address: addr.to_string(),
+            ports: [("http".to_string(), 8080)].into_iter().collect(),
+            labels,
+            service_account: None,
+            namespace: "default".into(),
+            weight,
+            locality: locality.map(str::to_string),
+            ready,
+        }
+    }
+
+    fn svc(resolution: Resolution, origin: ServiceOrigin, endpoints: Vec<Endpoint>) -> (Service, ServicePort) {
+        let port = ServicePort {
+            name: "http".into(),
+            port: 80,
+            protocol: Protocol::Http,
+            target_port: None,
+            target_port_name: None,
+        };
+        let s = Service {
+            hostname: "a.default.svc.cluster.local".into(),
+            namespace: "default".into(),
+            name: "a".into(),
+            addresses: vec![],
+            ports: vec![port.clone()],
+            resolution,
+            location: Location::MeshInternal,
+            origin,
+            selector: None,
+            endpoints,
+            service_accounts: Default::default(),
+            export_to: Default::default(),
+            created: String::new(),
+        };
+        (s, port)
+    }
+
+    #[test]
+    fn groups_by_locality_weights_and_skips_unready() {
+        let (s, p) = svc(
+            Resolution::Static,
+            ServiceOrigin::Kubernetes,
+            vec![
+                ep("10.0.0.1", true, true, 0, Some("us/east/a")),
+                ep("10.0.0.2", false, true, 0, Some("us/east/a")),
+                ep("10.0.0.3", true, false, 5, Some("us/east/a")),
+                ep("10.0.0.4", true, false, 0, None),
+            ],
+        );
+        let cla = cluster_load_assignment(&s, &p);
+        assert_eq!(cla.cluster_name, "outbound|80||a.default.svc.cluster.local");
+        assert_eq!(cla.endpoints.len(), 2);
+        // "" sorts before "us/east/a".
+        assert_eq!(cla.endpoints[0].locality, Some(Locality::default()));
+        assert_eq!(cla.endpoints[1].locality.as_ref().unwrap().zone, "east");
+        assert_eq!(cla.endpoints[1].lb_endpoints.len(), 2);
+        assert_eq!(cla.endpoints[1].load_balancing_weight.unwrap().value, 6);
+        assert!(cla.endpoints[1].lb_endpoints[0].metadata.is_some());
+        assert!(cla.endpoints[1].lb_endpoints[1].metadata.is_none());
+    }
+
+    #[rstest]
+    #[case(EndpointFilter::Eds, 0)]
+    #[case(EndpointFilter::Dns, 1)]
+    fn hostnames_only_in_dns_clusters(#[case] filter: EndpointFilter, #[case] want: usize) {
+        let (s, p) = svc(Resolution::Dns, ServiceOrigin::ServiceEntry, vec![ep("db.example.com", true, false, 0, None)]);
+        let n: usize = locality_lb_endpoints(&s, &p, filter).iter().map(|l| l.lb_endpoints.len()).sum();
+        assert_eq!(n, want);
+    }
+
+    #[test]
+    fn dns_service_without_endpoints_resolves_its_host() {
+        let (s, mut p) = svc(Resolution::Dns, ServiceOrigin::ServiceEntry, vec![]);
+        p.target_port = Some(8443);
+        let l = locality_lb_endpoints(&s, &p, EndpointFilter::Dns);
+        let lb_endpoint::HostIdentifier::Endpoint(e) = l[0].lb_endpoints[0].host_identifier.clone().unwrap() else {
+            panic!("not an endpoint")
+        };
+        let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) = e.address.unwrap().address else {
+            panic!("not a socket address")
+        };
+        assert_eq!(sa.address, "a.default.svc.cluster.local");
+        assert_eq!(
+            sa.port_specifier,
+            Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(8443))
+        );
+    }
+}

