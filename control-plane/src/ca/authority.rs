@@ -314,7 +314,7 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), CaError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), CaError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
