@@ -18,6 +18,8 @@ enum Command {
     Discovery(cli::discovery::DiscoveryArgs),
     /// Print an Envoy bootstrap for one proxy.
     Bootstrap(cli::bootstrap::BootstrapArgs),
+    /// Validate Istio and Kubernetes YAML files or directories; exits non-zero on errors.
+    Analyze(cli::analyze::AnalyzeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,6 +31,10 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(cli::discovery::run(args))
         }
         Command::Bootstrap(args) => cli::bootstrap::run(&args),
+        Command::Analyze(args) => {
+            let code = cli::analyze::run(&args)?;
+            std::process::exit(code)
+        }
     }
 }
 

@@ -48,6 +48,8 @@ impl ControlPlane {
             .args(["--monitoring-port", &monitoring_port.to_string()])
             .args(extra)
             .env("SAILPLANE_LOG", std::env::var("SAILPLANE_LOG").unwrap_or_else(|_| "info,sailplane=debug".into()))
+            // The log goes to a file that people read: no colour escapes.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

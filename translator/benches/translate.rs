@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sailplane_translator::model::{Endpoint, Location, Protocol, Resolution, Service, ServiceOrigin, ServicePort, World};
-use sailplane_translator::{ProxyProfile, TypeUrl, build};
+use sailplane_translator::build::{Ctx, cluster, endpoint, listener, route};
+use sailplane_translator::{ProxyProfile, ResourceSet, TypeUrl, build};
 
 fn mesh(n: usize) -> World {
     let mut services: Vec<Arc<Service>> = (0..n)
@@ -78,6 +79,29 @@ fn bench(c: &mut Criterion) {
         set.encoded_len()
     );
     c.bench_function("sidecar_1000_services_full", |b| b.iter(|| build(&world, &proxy)));
+    let ctx = Ctx::new(&world, &proxy);
+    c.bench_function("sidecar_1000_services_cds", |b| {
+        b.iter(|| {
+            let mut s = ResourceSet::new();
+            cluster::build_clusters(&ctx, &mut s);
+            s
+        })
+    });
+    c.bench_function("sidecar_1000_services_eds", |b| {
+        b.iter(|| {
+            let mut s = ResourceSet::new();
+            endpoint::build_endpoints(&ctx, &mut s);
+            s
+        })
+    });
+    c.bench_function("sidecar_1000_services_lds_rds", |b| {
+        b.iter(|| {
+            let mut s = ResourceSet::new();
+            let names = listener::build_listeners(&ctx, &mut s);
+            route::build_routes(&ctx, &names, &mut s);
+            s
+        })
+    });
 }
 
 criterion_group!(benches, bench);

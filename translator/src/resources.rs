@@ -99,15 +99,23 @@ impl Resource {
     /// fields themselves in sorted order and pass them here, so equal config gives equal bytes (and
     /// an equal version). Protobuf parsers accept fields in any order.
     pub fn encode_with_fields<M: Message + Name>(name: impl Into<String>, msg: &M, extra: &[u8]) -> Resource {
-        let mut value = Vec::with_capacity(msg.encoded_len() + extra.len());
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        // The Any is written by hand in one buffer (type_url, then the message as field 2), so the
+        // message is encoded once, not into a temporary and then copied.
+        let type_url = M::type_url();
+        let value_len = msg.encoded_len() + extra.len();
+        let mut buf = Vec::with_capacity(
+            2 + encoded_len_varint(type_url.len() as u64) + type_url.len() + encoded_len_varint(value_len as u64) + value_len,
+        );
+        encode_key(1, WireType::LengthDelimited, &mut buf);
+        encode_varint(type_url.len() as u64, &mut buf);
+        buf.extend_from_slice(type_url.as_bytes());
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(value_len as u64, &mut buf);
         // Writing into a Vec cannot run out of space.
-        let _ = msg.encode(&mut value);
-        value.extend_from_slice(extra);
-        let any = envoy_types::pb::google::protobuf::Any {
-            type_url: M::type_url(),
-            value,
-        };
-        let bytes = Bytes::from(any.encode_to_vec());
+        let _ = msg.encode(&mut buf);
+        buf.extend_from_slice(extra);
+        let bytes = Bytes::from(buf);
         let version = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
         Resource {
             name: name.into(),

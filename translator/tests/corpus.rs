@@ -42,10 +42,15 @@ fn read_corpus_text(path: &std::path::Path, name: &str) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut fixed = text.clone();
     for (file, from, to, why) in YAML_FIXUPS.iter().filter(|f| f.0 == name) {
-        assert!(fixed.contains(from), "{file}: fixup text {from:?} no longer present; remove the fixup");
-        let fails = serde_yaml_ng::Deserializer::from_str(&text)
-            .any(|d| serde_json::Value::deserialize(d).is_err());
-        assert!(fails, "{file}: the YAML parser now reads {from:?}; remove the fixup ({why})");
+        assert!(
+            fixed.contains(from),
+            "{file}: fixup text {from:?} no longer present; remove the fixup"
+        );
+        let fails = serde_yaml_ng::Deserializer::from_str(&text).any(|d| serde_json::Value::deserialize(d).is_err());
+        assert!(
+            fails,
+            "{file}: the YAML parser now reads {from:?}; remove the fixup ({why})"
+        );
         println!("note {file}: reading {from:?} as {to:?}: {why}");
         fixed = fixed.replace(from, to);
     }
@@ -59,7 +64,11 @@ struct Outcome {
 }
 
 fn run_file(path: &std::path::Path) -> Vec<Outcome> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
     let expect_valid = name.ends_with("-valid.yaml");
     let text = read_corpus_text(path, &name);
     let mut outcomes = Vec::new();

@@ -54,7 +54,10 @@ pub struct Report {
 impl Report {
     /// Number of errors.
     pub fn errors(&self) -> usize {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count()
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 
     /// 1 when there is an error, else 0.
@@ -67,9 +70,15 @@ impl Report {
         let errors = self.errors();
         let warnings = self.diagnostics.len() - errors;
         if self.diagnostics.is_empty() {
-            format!("no validation issues found ({} objects in {} files)", self.objects, self.files)
+            format!(
+                "no validation issues found ({} objects in {} files)",
+                self.objects, self.files
+            )
         } else {
-            format!("{errors} errors, {warnings} warnings ({} objects in {} files)", self.objects, self.files)
+            format!(
+                "{errors} errors, {warnings} warnings ({} objects in {} files)",
+                self.objects, self.files
+            )
         }
     }
 }
@@ -80,7 +89,10 @@ pub fn analyze(paths: &[PathBuf]) -> anyhow::Result<Report> {
     for p in paths {
         collect_files(p, &mut files)?;
     }
-    let mut report = Report { files: files.len(), ..Report::default() };
+    let mut report = Report {
+        files: files.len(),
+        ..Report::default()
+    };
     // Objects with the file they came from, so cross-object findings can name it too.
     let mut objects: Vec<(String, Object)> = Vec::new();
     for f in &files {
@@ -89,7 +101,9 @@ pub fn analyze(paths: &[PathBuf]) -> anyhow::Result<Report> {
         let (objs, diags) = parse_documents(&source, &text);
         report.diagnostics.extend(diags);
         for o in objs {
-            report.diagnostics.extend(validate_object(&o).into_iter().map(|d| d.with_source(source.clone())));
+            report
+                .diagnostics
+                .extend(validate_object(&o).into_iter().map(|d| d.with_source(source.clone())));
             objects.push((source.clone(), o));
         }
     }
@@ -123,7 +137,11 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     for e in entries {
         if e.is_dir() {
             collect_files(&e, out)?;
-        } else if e.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x, "yaml" | "yml" | "json")) {
+        } else if e
+            .extension()
+            .and_then(|x| x.to_str())
+            .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"))
+        {
             out.push(e);
         }
     }
@@ -211,9 +229,16 @@ spec:
             .iter()
             .find(|l| l.contains("spec.http[0].route[0].weight"))
             .unwrap_or_else(|| panic!("no weight error in {lines:?}"));
-        assert!(weight.starts_with(&format!("{}: error: VirtualService default/broken: ", bad.display())), "{weight}");
+        assert!(
+            weight.starts_with(&format!("{}: error: VirtualService default/broken: ", bad.display())),
+            "{weight}"
+        );
         // Two VirtualServices for one mesh host: a warning on each, not an error.
-        assert_eq!(lines.iter().filter(|l| l.contains("define the same host")).count(), 2, "{lines:?}");
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("define the same host")).count(),
+            2,
+            "{lines:?}"
+        );
         assert!(lines.iter().all(|l| !l.contains('\n')));
     }
 
@@ -241,7 +266,11 @@ spec:
     #[test]
     fn unparsable_documents_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write(dir.path(), "typo.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec: {hosts: [a.com], resolutin: DNS}\n");
+        let f = write(
+            dir.path(),
+            "typo.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec: {hosts: [a.com], resolutin: DNS}\n",
+        );
         let report = analyze(&[f]).unwrap();
         assert_eq!(report.exit_code(), 1);
         assert_eq!(report.diagnostics[0].field, "spec.resolutin");
@@ -251,7 +280,11 @@ spec:
     fn run_returns_the_exit_code() {
         let dir = tempfile::tempdir().unwrap();
         let good = write(dir.path(), "good/app.yaml", GOOD);
-        let bad = write(dir.path(), "bad/se.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec: {hosts: ['*']}\n");
+        let bad = write(
+            dir.path(),
+            "bad/se.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec: {hosts: ['*']}\n",
+        );
         assert_eq!(run(&AnalyzeArgs { paths: vec![good] }).unwrap(), 0);
         assert_eq!(run(&AnalyzeArgs { paths: vec![bad] }).unwrap(), 1);
     }

@@ -6,6 +6,7 @@
 
 mod cache;
 mod delta;
+mod io;
 pub mod metrics;
 mod server;
 mod sotw;

@@ -25,12 +25,14 @@ use tonic::Status;
 use tonic::codec::{Codec, Streaming};
 use tonic::codegen::http;
 use tonic::server::NamedService;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
 use prometheus_client::registry::Registry;
 use tonic_prost::ProstCodec;
 use tracing::{debug, info};
 
 use super::cache::BodyCache;
+use super::io::CoalescingIo;
 use super::metrics::XdsMetrics;
 use super::status::{ProxyEntry, StatusRegistry, XdsApi};
 use super::wire::Framed;
@@ -139,12 +141,22 @@ impl XdsServer {
         self.serve_with_shutdown(listener, std::future::pending()).await
     }
 
-    /// Serves ADS on `listener` until `shutdown` completes.
+    /// Serves ADS on `listener` until `shutdown` completes. Connections are wrapped so HTTP/2's 16 KiB
+    /// frames leave in large writes (see `xds/io.rs`); mounting [`XdsServer::into_service`] on another
+    /// tonic server works too, without that.
     pub async fn serve_with_shutdown<F>(self, listener: TcpListener, shutdown: F) -> Result<(), XdsError>
     where
         F: Future<Output = ()> + Send,
     {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = TcpListenerStream::new(listener).map(|accepted| {
+            accepted.map(|tcp| {
+                // Responses are written whole and flushed: nothing to gain from Nagle, only delay.
+                if let Err(error) = tcp.set_nodelay(true) {
+                    debug!(%error, "TCP_NODELAY not set");
+                }
+                CoalescingIo::new(tcp)
+            })
+        });
         tonic::transport::Server::builder()
             // Dead peers (a killed proxy's half-open connection) are noticed and their streams freed.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -115,10 +115,21 @@ pub const ISTIO_SECURITY_VERSIONS: [&str; 2] = ["security.istio.io/v1", "securit
 /// Errors name the object (as far as it can be read) and the field path where decoding failed.
 pub fn parse_object(doc: serde_json::Value) -> Result<Object, Diagnostic> {
     let kind = doc.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let api_version = doc.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let api_version = doc
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
     let meta = doc.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let namespace = meta.and_then(|m| m.get("namespace")).and_then(|v| v.as_str()).unwrap_or_default();
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let namespace = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     let object = match (kind.is_empty(), name.is_empty(), namespace.is_empty()) {
         (true, _, _) => "<unknown kind>".to_string(),
         (false, true, _) => kind.clone(),
@@ -138,7 +149,10 @@ pub fn parse_object(doc: serde_json::Value) -> Result<Object, Diagnostic> {
             Err(Diagnostic::error(
                 object.clone(),
                 "apiVersion",
-                format!("unsupported apiVersion {api_version:?} for kind {kind} (expected one of {})", versions.join(", ")),
+                format!(
+                    "unsupported apiVersion {api_version:?} for kind {kind} (expected one of {})",
+                    versions.join(", ")
+                ),
             ))
         }
     };
@@ -155,7 +169,9 @@ pub fn parse_object(doc: serde_json::Value) -> Result<Object, Diagnostic> {
         "WorkloadEntry" => want(&ISTIO_NETWORKING_VERSIONS)
             .and_then(|_| spec_required(&object, &doc))
             .and_then(|_| typed(&object, doc).map(Object::WorkloadEntry)),
-        "VirtualService" => want(&ISTIO_NETWORKING_VERSIONS).and_then(|_| typed(&object, doc).map(Object::VirtualService)),
+        "VirtualService" => {
+            want(&ISTIO_NETWORKING_VERSIONS).and_then(|_| typed(&object, doc).map(Object::VirtualService))
+        }
         "DestinationRule" => {
             want(&ISTIO_NETWORKING_VERSIONS).and_then(|_| typed(&object, doc).map(Object::DestinationRule))
         }
@@ -202,13 +218,21 @@ fn kube_style(message: &str) -> String {
         && let Some((value, expected)) = rest.split_once(", expected ")
     {
         let expected = expected.strip_prefix("one of ").unwrap_or(expected);
-        return format!("unsupported value: {}: supported values: {}", backticked(value), backticked(expected));
+        return format!(
+            "unsupported value: {}: supported values: {}",
+            backticked(value),
+            backticked(expected)
+        );
     }
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = message.strip_prefix(prefix)
             && let Some((got, expected)) = rest.split_once(", expected ")
         {
-            return format!("type conversion error from {} to {}", backticked(got), backticked(expected));
+            return format!(
+                "type conversion error from {} to {}",
+                backticked(got),
+                backticked(expected)
+            );
         }
     }
     backticked(message)
@@ -262,7 +286,8 @@ mod tests {
     #[case("security.istio.io/v1alpha1", "PeerAuthentication", false)]
     #[case("networking.istio.io/v2", "VirtualService", false)]
     fn istio_api_versions(#[case] api_version: &str, #[case] kind: &str, #[case] accepted: bool) {
-        let doc = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "x", "namespace": "ns"}, "spec": {}});
+        let doc =
+            json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "x", "namespace": "ns"}, "spec": {}});
         let parsed = parse_object(doc);
         assert_eq!(parsed.is_ok(), accepted, "{parsed:?}");
         if let Ok(o) = parsed {
@@ -284,12 +309,23 @@ mod tests {
                 "rewrite": {"uriRegexRewrite": {"match": "^/a", "rewrite": "/b"}}
             }]}
         });
-        let Object::VirtualService(vs) = parse_object(doc).unwrap() else { panic!("not a VirtualService") };
+        let Object::VirtualService(vs) = parse_object(doc).unwrap() else {
+            panic!("not a VirtualService")
+        };
         let http = &vs.spec.http[0];
         assert_eq!(http.r#match[0].ignore_uri_case, Some(true));
         assert_eq!(http.route[0].destination.as_ref().unwrap().port.unwrap().number, 80);
         assert_eq!(http.mirrors[0].percentage.unwrap().value, 5.0);
-        assert_eq!(http.rewrite.as_ref().unwrap().uri_regex_rewrite.as_ref().unwrap().rewrite, "/b");
+        assert_eq!(
+            http.rewrite
+                .as_ref()
+                .unwrap()
+                .uri_regex_rewrite
+                .as_ref()
+                .unwrap()
+                .rewrite,
+            "/b"
+        );
     }
 
     #[test]

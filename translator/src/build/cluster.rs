@@ -206,7 +206,16 @@ pub fn outbound_cluster(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort) -> Opt
             c.lb_policy = LbPolicy::LeastRequest as i32;
         }
         DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
-            let endpoints = locality_lb_endpoints(svc, port, EndpointFilter::Dns);
+            let mut endpoints = locality_lb_endpoints(svc, port, EndpointFilter::Dns);
+            if dtype == DiscoveryType::LogicalDns {
+                // Envoy accepts exactly one endpoint in a LOGICAL_DNS cluster (validation allows one
+                // per ServiceEntry, but a workloadSelector can still select several).
+                endpoints.truncate(1);
+                if let Some(l) = endpoints.first_mut() {
+                    l.lb_endpoints.truncate(1);
+                    l.load_balancing_weight = l.lb_endpoints.first().and_then(|e| e.load_balancing_weight);
+                }
+            }
             if endpoints.is_empty() {
                 // istiod drops DNS clusters without endpoints (they could never connect).
                 return None;

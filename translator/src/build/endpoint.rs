@@ -111,6 +111,10 @@ pub fn locality_lb_endpoints(svc: &Service, port: &ServicePort, filter: Endpoint
         if filter == EndpointFilter::Eds && !is_ip(&ep.address) {
             continue;
         }
+        if ep.address.starts_with("unix://") {
+            // Unix domain socket endpoints (VM workloads) are not supported yet.
+            continue;
+        }
         let Some(p) = svc.endpoint_port(ep, port) else { continue };
         by_locality
             .entry(ep.locality.as_deref().unwrap_or_default())

@@ -47,8 +47,10 @@ impl<'a> Ctx<'a> {
     /// The context for `proxy` in `world`.
     pub fn new(world: &'a World, proxy: &'a ProxyProfile) -> Self {
         let mut services: Vec<&Service> = world.visible_services(&proxy.namespace).map(|s| s.as_ref()).collect();
-        // istiod visits services oldest first (then by hostname); conflicts go to the first.
-        services.sort_by(|a, b| (&a.created, &a.hostname).cmp(&(&b.created, &b.hostname)));
+        // istiod visits services oldest first (then by hostname); conflicts go to the first. The
+        // world is sorted by hostname, so a stable sort on the timestamp alone is enough (and close
+        // to linear when timestamps are equal or absent).
+        services.sort_by(|a, b| a.created.cmp(&b.created));
         Ctx {
             world,
             proxy,
@@ -70,17 +72,21 @@ impl<'a> Ctx<'a> {
         if self.proxy.labels.is_empty() {
             return Vec::new();
         }
-        let mut own: Vec<&'a Service> = self.world.services.iter().map(|s| s.as_ref()).collect();
-        own.sort_by(|a, b| (&a.created, &a.hostname).cmp(&(&b.created, &b.hostname)));
+        let mut own: Vec<&'a Service> = self
+            .world
+            .services
+            .iter()
+            .map(|s| s.as_ref())
+            .filter(|svc| {
+                svc.namespace == self.proxy.namespace
+                    && svc
+                        .selector
+                        .as_ref()
+                        .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| self.proxy.labels.get(k) == Some(v)))
+            })
+            .collect();
+        own.sort_by(|a, b| a.created.cmp(&b.created));
         for svc in own {
-            let selects = svc.namespace == self.proxy.namespace
-                && svc
-                    .selector
-                    .as_ref()
-                    .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| self.proxy.labels.get(k) == Some(v)));
-            if !selects {
-                continue;
-            }
             for port in &svc.ports {
                 let Some(target_port) = self.own_target_port(svc, port) else { continue };
                 match by_port.get_mut(&target_port) {

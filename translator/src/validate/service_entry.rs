@@ -7,8 +7,8 @@ use crate::api::istio::{SeResolution, ServiceEntrySpec, WorkloadEntrySpec};
 
 use super::common::{
     Proto, Report, at, check_export_to, check_selector_labels, idx, is_ip, is_valid_endpoint_port_name, key,
-    validate_fqdn, validate_ip_subnet, validate_labels, validate_partial_wildcard, validate_port,
-    validate_port_name, validate_protocol, validate_wildcard_domain,
+    validate_fqdn, validate_ip_subnet, validate_labels, validate_partial_wildcard, validate_port, validate_port_name,
+    validate_protocol, validate_wildcard_domain,
 };
 
 const UNIX_PREFIX: &str = "unix://";
@@ -28,7 +28,10 @@ pub(crate) fn check_service_entry(r: &mut Report, namespace: &str, spec: &Servic
     }
 
     if spec.hosts.is_empty() {
-        r.error("spec.hosts", "required value: service entry must have at least one host");
+        r.error(
+            "spec.hosts",
+            "required value: service entry must have at least one host",
+        );
     }
     for (i, h) in spec.hosts.iter().enumerate() {
         let path = idx("spec.hosts", i);
@@ -49,7 +52,10 @@ pub(crate) fn check_service_entry(r: &mut Report, namespace: &str, spec: &Servic
         r.check(idx("spec.addresses", i), validate_ip_subnet(a));
     }
     if cidr && !matches!(resolution, SeResolution::None | SeResolution::Static) {
-        r.error("spec.addresses", "CIDR addresses are allowed only for NONE/STATIC resolution types");
+        r.error(
+            "spec.addresses",
+            "CIDR addresses are allowed only for NONE/STATIC resolution types",
+        );
     }
 
     let mut names = BTreeSet::new();
@@ -60,12 +66,21 @@ pub(crate) fn check_service_entry(r: &mut Report, namespace: &str, spec: &Servic
             r.error(at(&path, "name"), "required value: port name is required");
         } else {
             if !names.insert(p.name.as_str()) {
-                r.error(at(&path, "name"), format!("duplicate value: service entry port name {:?} already defined", p.name));
+                r.error(
+                    at(&path, "name"),
+                    format!("duplicate value: service entry port name {:?} already defined", p.name),
+                );
             }
             r.check(at(&path, "name"), validate_port_name(&p.name));
         }
         if !numbers.insert(p.number) {
-            r.error(at(&path, "number"), format!("port number cannot be duplicated: service entry port {} already defined", p.number));
+            r.error(
+                at(&path, "number"),
+                format!(
+                    "port number cannot be duplicated: service entry port {} already defined",
+                    p.number
+                ),
+            );
         }
         if let Some(t) = p.target_port {
             r.check(at(&path, "targetPort"), validate_port(i64::from(t)));
@@ -87,7 +102,10 @@ pub(crate) fn check_service_entry(r: &mut Report, namespace: &str, spec: &Servic
                 r.error("spec.endpoints", "NONE mode cannot set endpoints");
             }
             if spec.workload_selector.is_some() {
-                r.warn("spec.workloadSelector", "workloadSelector should not be set when resolution mode is NONE");
+                r.warn(
+                    "spec.workloadSelector",
+                    "workloadSelector should not be set when resolution mode is NONE",
+                );
             }
         }
         SeResolution::Static => {
@@ -101,7 +119,10 @@ pub(crate) fn check_service_entry(r: &mut Report, namespace: &str, spec: &Servic
                     if validate_fqdn(h).is_err() && h != "*" {
                         r.error(
                             idx("spec.hosts", i),
-                            format!("hosts must be FQDN if no endpoints are provided for resolution mode {}", resolution.as_str()),
+                            format!(
+                                "hosts must be FQDN if no endpoints are provided for resolution mode {}",
+                                resolution.as_str()
+                            ),
                         );
                     }
                 }
@@ -114,9 +135,15 @@ pub(crate) fn check_service_entry(r: &mut Report, namespace: &str, spec: &Servic
             }
             if !spec.addresses.is_empty()
                 && spec.hosts.len() > 1
-                && spec.ports.iter().any(|p| Proto::parse(p.protocol.as_deref().unwrap_or_default()).is_tcp())
+                && spec
+                    .ports
+                    .iter()
+                    .any(|p| Proto::parse(p.protocol.as_deref().unwrap_or_default()).is_tcp())
             {
-                r.warn("spec.hosts", "service entry can not have more than one host specified simultaneously with address and tcp port");
+                r.warn(
+                    "spec.hosts",
+                    "service entry can not have more than one host specified simultaneously with address and tcp port",
+                );
             }
         }
     }
@@ -150,7 +177,10 @@ pub(crate) fn check_workload_entry(
             r.error(at(path, "address"), "address is required");
             return;
         }
-        r.warn(at(path, "address"), format!("address is unset with network {:?}", we.network));
+        r.warn(
+            at(path, "address"),
+            format!("address is unset with network {:?}", we.network),
+        );
     }
     let unix = addr.strip_prefix(UNIX_PREFIX);
     if let Some(sock) = unix {
@@ -165,13 +195,22 @@ pub(crate) fn check_workload_entry(
         if let Some(sp) = service_ports
             && sp.len() != 1
         {
-            r.error(at(path, "address"), "exactly 1 service port required for unix endpoints");
+            r.error(
+                at(path, "address"),
+                "exactly 1 service port required for unix endpoints",
+            );
         }
     } else if !addr.is_empty() && !is_ip(addr) {
         if !allow_fqdn {
-            r.error(at(path, "address"), format!("endpoint address {addr:?} is not a valid IP address"));
+            r.error(
+                at(path, "address"),
+                format!("endpoint address {addr:?} is not a valid IP address"),
+            );
         } else if validate_fqdn(addr).is_err() {
-            r.error(at(path, "address"), format!("endpoint address {addr:?} is not a valid FQDN or an IP address"));
+            r.error(
+                at(path, "address"),
+                format!("endpoint address {addr:?} is not a valid FQDN or an IP address"),
+            );
         }
     }
     for (name, port) in &we.ports {
@@ -179,12 +218,21 @@ pub(crate) fn check_workload_entry(
         if let Some(sp) = service_ports
             && !sp.contains(name.as_str())
         {
-            r.error(ppath.clone(), format!("endpoint port {port} is not defined by the service entry"));
+            r.error(
+                ppath.clone(),
+                format!("endpoint port {port} is not defined by the service entry"),
+            );
         }
         if !is_valid_endpoint_port_name(name) {
-            r.error(at(path, "ports"), format!("invalid value: {name:?}: port name must be valid"));
+            r.error(
+                at(path, "ports"),
+                format!("invalid value: {name:?}: port name must be valid"),
+            );
         } else {
-            r.check(ppath.clone(), validate_port_name(name).map_err(|e| format!("invalid value: {e}")));
+            r.check(
+                ppath.clone(),
+                validate_port_name(name).map_err(|e| format!("invalid value: {e}")),
+            );
         }
         r.check(ppath, validate_port(i64::from(*port)));
     }

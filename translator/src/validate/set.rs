@@ -55,10 +55,12 @@ impl<'a> Index<'a> {
             let key = o.key();
             match o {
                 Object::Service(_) => {
-                    idx.registry.insert(format!("{}.{}.svc.{CLUSTER_DOMAIN}", key.name, key.namespace));
+                    idx.registry
+                        .insert(format!("{}.{}.svc.{CLUSTER_DOMAIN}", key.name, key.namespace));
                 }
                 Object::ServiceEntry(se) => {
-                    idx.registry.extend(se.spec.hosts.iter().map(|h| resolve_host(h, &key.namespace)));
+                    // ServiceEntry hosts are taken as written; Istio does not qualify them.
+                    idx.registry.extend(se.spec.hosts.iter().cloned());
                 }
                 Object::DestinationRule(dr) => {
                     let subsets = dr.spec.subsets.iter().map(|s| s.name.as_str()).collect();
@@ -77,11 +79,17 @@ impl<'a> Index<'a> {
     }
 
     fn host_known(&self, host: &str) -> bool {
-        self.registry.contains(host) || self.registry.iter().any(|h| h.starts_with('*') && host_subset_of(host, h))
+        self.registry.contains(host)
+            || self
+                .registry
+                .iter()
+                .any(|h| h.starts_with('*') && host_subset_of(host, h))
     }
 
     fn subset_known(&self, host: &str, subset: &str) -> bool {
-        self.rules.iter().any(|(h, subsets)| hosts_match(h, host) && subsets.contains(subset))
+        self.rules
+            .iter()
+            .any(|(h, subsets)| hosts_match(h, host) && subsets.contains(subset))
     }
 }
 
@@ -95,13 +103,20 @@ pub fn validate_set(objs: &[&Object]) -> Vec<Diagnostic> {
     for o in objs {
         let Object::VirtualService(vs) = o else { continue };
         let key = o.key();
-        let ns = if key.namespace.is_empty() { DEFAULT_NAMESPACE } else { key.namespace.as_str() };
+        let ns = if key.namespace.is_empty() {
+            DEFAULT_NAMESPACE
+        } else {
+            key.namespace.as_str()
+        };
         let mut r = Report::new(key.to_string());
         check_references(&mut r, ns, vs, &index);
         out.extend(r.finish());
         if !is_gateway_only(&vs.spec) {
             for h in &vs.spec.hosts {
-                mesh_hosts.entry(resolve_host(h, ns)).or_default().push(format!("{}/{}", key.namespace, key.name));
+                mesh_hosts
+                    .entry(resolve_host(h, ns))
+                    .or_default()
+                    .push(format!("{}/{}", key.namespace, key.name));
             }
         }
     }
@@ -133,7 +148,12 @@ pub fn validate_set(objs: &[&Object]) -> Vec<Diagnostic> {
 
 fn check_references(r: &mut Report, ns: &str, vs: &VirtualService, index: &Index<'_>) {
     let spec = &vs.spec;
-    let mut gateway_refs: Vec<(String, &String)> = spec.gateways.iter().enumerate().map(|(i, g)| (idx("spec.gateways", i), g)).collect();
+    let mut gateway_refs: Vec<(String, &String)> = spec
+        .gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (idx("spec.gateways", i), g))
+        .collect();
     for (i, http) in spec.http.iter().enumerate() {
         let path = idx("spec.http", i);
         for (j, d) in http.route.iter().enumerate() {
@@ -154,15 +174,35 @@ fn check_references(r: &mut Report, ns: &str, vs: &VirtualService, index: &Index
             gateway_refs.extend(m.gateways.iter().enumerate().map(|(k, g)| (idx(&mpath, k), g)));
         }
         if let Some(d) = &http.delegate {
-            let target = format!("{}/{}", d.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(ns), d.name);
+            let target = format!(
+                "{}/{}",
+                d.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(ns),
+                d.name
+            );
             if !index.virtual_services.contains(&target) {
-                r.error(at(&path, "delegate"), format!("referenced virtual service not found: {target:?}"));
+                r.error(
+                    at(&path, "delegate"),
+                    format!("referenced virtual service not found: {target:?}"),
+                );
             }
         }
     }
-    for (section, routes) in [("spec.tcp", spec.tcp.iter().map(|t| (&t.route, t.r#match.iter().map(|m| &m.gateways).collect::<Vec<_>>())).collect::<Vec<_>>()),
-        ("spec.tls", spec.tls.iter().map(|t| (&t.route, t.r#match.iter().map(|m| &m.gateways).collect::<Vec<_>>())).collect::<Vec<_>>())]
-    {
+    for (section, routes) in [
+        (
+            "spec.tcp",
+            spec.tcp
+                .iter()
+                .map(|t| (&t.route, t.r#match.iter().map(|m| &m.gateways).collect::<Vec<_>>()))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "spec.tls",
+            spec.tls
+                .iter()
+                .map(|t| (&t.route, t.r#match.iter().map(|m| &m.gateways).collect::<Vec<_>>()))
+                .collect::<Vec<_>>(),
+        ),
+    ] {
         for (i, (route, match_gateways)) in routes.into_iter().enumerate() {
             let path = idx(section, i);
             for (j, d) in route.iter().enumerate() {
@@ -198,6 +238,9 @@ fn check_destination(r: &mut Report, path: &str, ns: &str, dest: &Destination, i
     if let Some(subset) = dest.subset.as_deref().filter(|s| !s.is_empty())
         && !index.subset_known(&host, subset)
     {
-        r.error(at(path, "subset"), format!("referenced host+subset in destinationrule not found: \"{host}+{subset}\""));
+        r.error(
+            at(path, "subset"),
+            format!("referenced host+subset in destinationrule not found: \"{host}+{subset}\""),
+        );
     }
 }

@@ -22,103 +22,435 @@ fn diagnostics(yaml: &str) -> Vec<Diagnostic> {
 }
 
 fn errors(diags: &[Diagnostic]) -> Vec<String> {
-    diags.iter().filter(|d| d.severity == Severity::Error).map(|d| format!("{}: {}", d.field, d.message)).collect()
+    diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| format!("{}: {}", d.field, d.message))
+        .collect()
 }
 
-const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: ns}\nspec:\n";
-const DR: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr, namespace: ns}\nspec:\n";
+const VS: &str =
+    "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: ns}\nspec:\n";
+const DR: &str =
+    "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr, namespace: ns}\nspec:\n";
 const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se, namespace: ns}\nspec:\n";
 const GW: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: ns}\nspec:\n";
 const SC: &str = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: sc, namespace: ns}\nspec:\n";
-const WE: &str = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: we, namespace: ns}\nspec:\n";
-const PA: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: pa, namespace: ns}\nspec:\n";
+const WE: &str =
+    "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: we, namespace: ns}\nspec:\n";
+const PA: &str =
+    "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: pa, namespace: ns}\nspec:\n";
 
 #[rstest]
 // VirtualService
-#[case::vs_wildcard_host_on_mesh(VS, "  hosts: ['*']\n  http: [{route: [{destination: {host: a.com}}]}]", "spec.hosts[0]", "wildcard host * is not allowed")]
+#[case::vs_wildcard_host_on_mesh(
+    VS,
+    "  hosts: ['*']\n  http: [{route: [{destination: {host: a.com}}]}]",
+    "spec.hosts[0]",
+    "wildcard host * is not allowed"
+)]
 #[case::vs_no_routes(VS, "  hosts: [a.com]", "spec", "http, tcp or tls must be provided")]
-#[case::vs_route_and_redirect(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], redirect: {uri: /x}}]", "spec.http[0].redirect", "both route and redirect")]
-#[case::vs_all_weights_zero(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}, weight: 0}, {destination: {host: b.com}, weight: 0}]}]", "spec.http[0].route", "total destination weight = 0")]
-#[case::vs_negative_weight(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}, weight: -1}]}]", "spec.http[0].route[0].weight", "weight -1 < 0")]
-#[case::vs_redirect_without_target(VS, "  hosts: [a.com]\n  http: [{redirect: {redirectCode: 301}}]", "spec.http[0].redirect", "redirect must specify uri, authority, scheme, or port")]
-#[case::vs_redirect_code_not_3xx(VS, "  hosts: [a.com]\n  http: [{redirect: {uri: /x, redirectCode: 200}}]", "spec.http[0].redirect.redirectCode", "not a valid redirect code")]
-#[case::vs_redirect_bad_scheme(VS, "  hosts: [a.com]\n  http: [{redirect: {scheme: ftp}}]", "spec.http[0].redirect.scheme", "must be \"http\" or \"https\"")]
-#[case::vs_fault_empty(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], fault: {}}]", "spec.http[0].fault", "must have an abort and/or a delay")]
-#[case::vs_fault_bad_status(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], fault: {abort: {httpStatus: 99}}}]", "spec.http[0].fault.abort.httpStatus", "not in range 200-599")]
-#[case::vs_bad_regex(VS, "  hosts: [a.com]\n  http: [{match: [{uri: {regex: '(['}}], route: [{destination: {host: a.com}}]}]", "spec.http[0].match[0].uri.regex", "invalid regex")]
-#[case::vs_two_string_match_kinds(VS, "  hosts: [a.com]\n  http: [{match: [{uri: {exact: /a, prefix: /b}}], route: [{destination: {host: a.com}}]}]", "spec.http[0].match[0].uri", "only one of exact, prefix or regex")]
-#[case::vs_tls_without_sni(VS, "  hosts: [a.com]\n  tls: [{match: [{port: 443}], route: [{destination: {host: a.com}}]}]", "spec.tls[0].match[0].sniHosts", "at least one sni host")]
-#[case::vs_sni_outside_hosts(VS, "  hosts: [a.com]\n  tls: [{match: [{sniHosts: [b.com]}], route: [{destination: {host: a.com}}]}]", "spec.tls[0].match[0].sniHosts[0]", "not a compatible subset")]
-#[case::vs_delegate_with_gateways(VS, "  gateways: [gw]\n  http: [{route: [{destination: {host: a.com}}]}]", "spec.gateways", "delegate virtual service must have no gateways")]
-#[case::vs_root_with_route(VS, "  hosts: [a.com]\n  http: [{delegate: {name: d}, route: [{destination: {host: a.com}}]}]", "spec.http[0].route", "must not specify route")]
-#[case::vs_delegate_in_delegate(VS, "  http: [{delegate: {name: d}}]", "spec.http[0].delegate", "delegate http route cannot contain delegate")]
-#[case::vs_mirror_and_mirrors(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], mirror: {host: m.com}, mirrors: [{destination: {host: n.com}}]}]", "spec.http[0].mirrors", "both mirror and mirrors")]
-#[case::vs_bad_timeout(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], timeout: 5x}]", "spec.http[0].timeout", "invalid duration")]
-#[case::vs_retry_on(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], retries: {attempts: 2, retryOn: 'bogus'}}]", "spec.http[0].retries.retryOn", "not a valid retryon policy")]
-#[case::vs_rewrite_both(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], rewrite: {uri: /x, uriRegexRewrite: {match: a, rewrite: b}}}]", "spec.http[0].rewrite", "only contain one of uri or uriregexrewrite")]
-#[case::vs_direct_response_status(VS, "  hosts: [a.com]\n  http: [{directResponse: {status: 700}}]", "spec.http[0].directResponse.status", "not in range 200-599")]
-#[case::vs_authority_twice(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], rewrite: {authority: x}, headers: {request: {set: {host: y}}}}]", "spec.http[0].headers.request", "authority header cannot be set multiple times")]
-#[case::vs_bad_header_op(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], headers: {response: {set: {':status': x}}}}]", "spec.http[0].headers.response.set[:status]", "cannot have \":\" prefix")]
-#[case::vs_bad_gateway_name(VS, "  hosts: [a.com]\n  gateways: ['ns/Bad_Name']\n  http: [{route: [{destination: {host: a.com}}]}]", "spec.gateways[0]", "invalid value for gateway name")]
-#[case::vs_duplicate_hosts(VS, "  hosts: ['*.a.com', 'x.a.com']\n  http: [{route: [{destination: {host: a.com}}]}]", "spec.hosts[1]", "duplicate hosts")]
-#[case::vs_bad_subset_name(VS, "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com, subset: V_1}}]}]", "spec.http[0].route[0].destination.subset", "subset name is invalid")]
+#[case::vs_route_and_redirect(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], redirect: {uri: /x}}]",
+    "spec.http[0].redirect",
+    "both route and redirect"
+)]
+#[case::vs_all_weights_zero(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}, weight: 0}, {destination: {host: b.com}, weight: 0}]}]",
+    "spec.http[0].route",
+    "total destination weight = 0"
+)]
+#[case::vs_negative_weight(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}, weight: -1}]}]",
+    "spec.http[0].route[0].weight",
+    "weight -1 < 0"
+)]
+#[case::vs_redirect_without_target(
+    VS,
+    "  hosts: [a.com]\n  http: [{redirect: {redirectCode: 301}}]",
+    "spec.http[0].redirect",
+    "redirect must specify uri, authority, scheme, or port"
+)]
+#[case::vs_redirect_code_not_3xx(
+    VS,
+    "  hosts: [a.com]\n  http: [{redirect: {uri: /x, redirectCode: 200}}]",
+    "spec.http[0].redirect.redirectCode",
+    "not a valid redirect code"
+)]
+#[case::vs_redirect_bad_scheme(
+    VS,
+    "  hosts: [a.com]\n  http: [{redirect: {scheme: ftp}}]",
+    "spec.http[0].redirect.scheme",
+    "must be \"http\" or \"https\""
+)]
+#[case::vs_fault_empty(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], fault: {}}]",
+    "spec.http[0].fault",
+    "must have an abort and/or a delay"
+)]
+#[case::vs_fault_bad_status(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], fault: {abort: {httpStatus: 99}}}]",
+    "spec.http[0].fault.abort.httpStatus",
+    "not in range 200-599"
+)]
+#[case::vs_bad_regex(
+    VS,
+    "  hosts: [a.com]\n  http: [{match: [{uri: {regex: '(['}}], route: [{destination: {host: a.com}}]}]",
+    "spec.http[0].match[0].uri.regex",
+    "invalid regex"
+)]
+#[case::vs_two_string_match_kinds(
+    VS,
+    "  hosts: [a.com]\n  http: [{match: [{uri: {exact: /a, prefix: /b}}], route: [{destination: {host: a.com}}]}]",
+    "spec.http[0].match[0].uri",
+    "only one of exact, prefix or regex"
+)]
+#[case::vs_tls_without_sni(
+    VS,
+    "  hosts: [a.com]\n  tls: [{match: [{port: 443}], route: [{destination: {host: a.com}}]}]",
+    "spec.tls[0].match[0].sniHosts",
+    "at least one sni host"
+)]
+#[case::vs_sni_outside_hosts(
+    VS,
+    "  hosts: [a.com]\n  tls: [{match: [{sniHosts: [b.com]}], route: [{destination: {host: a.com}}]}]",
+    "spec.tls[0].match[0].sniHosts[0]",
+    "not a compatible subset"
+)]
+#[case::vs_delegate_with_gateways(
+    VS,
+    "  gateways: [gw]\n  http: [{route: [{destination: {host: a.com}}]}]",
+    "spec.gateways",
+    "delegate virtual service must have no gateways"
+)]
+#[case::vs_root_with_route(
+    VS,
+    "  hosts: [a.com]\n  http: [{delegate: {name: d}, route: [{destination: {host: a.com}}]}]",
+    "spec.http[0].route",
+    "must not specify route"
+)]
+#[case::vs_delegate_in_delegate(
+    VS,
+    "  http: [{delegate: {name: d}}]",
+    "spec.http[0].delegate",
+    "delegate http route cannot contain delegate"
+)]
+#[case::vs_mirror_and_mirrors(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], mirror: {host: m.com}, mirrors: [{destination: {host: n.com}}]}]",
+    "spec.http[0].mirrors",
+    "both mirror and mirrors"
+)]
+#[case::vs_bad_timeout(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], timeout: 5x}]",
+    "spec.http[0].timeout",
+    "invalid duration"
+)]
+#[case::vs_retry_on(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], retries: {attempts: 2, retryOn: 'bogus'}}]",
+    "spec.http[0].retries.retryOn",
+    "not a valid retryon policy"
+)]
+#[case::vs_rewrite_both(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], rewrite: {uri: /x, uriRegexRewrite: {match: a, rewrite: b}}}]",
+    "spec.http[0].rewrite",
+    "only contain one of uri or uriregexrewrite"
+)]
+#[case::vs_direct_response_status(
+    VS,
+    "  hosts: [a.com]\n  http: [{directResponse: {status: 700}}]",
+    "spec.http[0].directResponse.status",
+    "not in range 200-599"
+)]
+#[case::vs_authority_twice(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], rewrite: {authority: x}, headers: {request: {set: {host: y}}}}]",
+    "spec.http[0].headers.request",
+    "authority header cannot be set multiple times"
+)]
+#[case::vs_bad_header_op(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com}}], headers: {response: {set: {':status': x}}}}]",
+    "spec.http[0].headers.response.set[:status]",
+    "cannot have \":\" prefix"
+)]
+#[case::vs_bad_gateway_name(
+    VS,
+    "  hosts: [a.com]\n  gateways: ['ns/Bad_Name']\n  http: [{route: [{destination: {host: a.com}}]}]",
+    "spec.gateways[0]",
+    "invalid value for gateway name"
+)]
+#[case::vs_duplicate_hosts(
+    VS,
+    "  hosts: ['*.a.com', 'x.a.com']\n  http: [{route: [{destination: {host: a.com}}]}]",
+    "spec.hosts[1]",
+    "duplicate hosts"
+)]
+#[case::vs_bad_subset_name(
+    VS,
+    "  hosts: [a.com]\n  http: [{route: [{destination: {host: a.com, subset: V_1}}]}]",
+    "spec.http[0].route[0].destination.subset",
+    "subset name is invalid"
+)]
 // DestinationRule
-#[case::dr_duplicate_subsets(DR, "  host: a.com\n  subsets: [{name: v1}, {name: v1}]", "spec.subsets[1].name", "duplicate subset names")]
+#[case::dr_duplicate_subsets(
+    DR,
+    "  host: a.com\n  subsets: [{name: v1}, {name: v1}]",
+    "spec.subsets[1].name",
+    "duplicate subset names"
+)]
 #[case::dr_empty_traffic_policy(DR, "  host: a.com\n  trafficPolicy: {}", "spec.trafficPolicy", "at least one field")]
-#[case::dr_mutual_without_cert(DR, "  host: a.com\n  trafficPolicy: {tls: {mode: MUTUAL, privateKey: /k}}", "spec.trafficPolicy.tls.clientCertificate", "client certificate required")]
-#[case::dr_credential_and_files(DR, "  host: a.com\n  trafficPolicy: {tls: {mode: SIMPLE, credentialName: c, caCertificates: /ca}}", "spec.trafficPolicy.tls", "cannot specify client certificates or ca certificate")]
-#[case::dr_selector_wide_export(DR, "  host: a.com\n  workloadSelector: {matchLabels: {app: a}}\n  exportTo: ['*']", "spec.exportTo", "cannot have exportto beyond current namespace")]
-#[case::dr_maglev_not_prime(DR, "  host: a.com\n  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 1000}}}}", "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize", "prime number")]
+#[case::dr_mutual_without_cert(
+    DR,
+    "  host: a.com\n  trafficPolicy: {tls: {mode: MUTUAL, privateKey: /k}}",
+    "spec.trafficPolicy.tls.clientCertificate",
+    "client certificate required"
+)]
+#[case::dr_credential_and_files(
+    DR,
+    "  host: a.com\n  trafficPolicy: {tls: {mode: SIMPLE, credentialName: c, caCertificates: /ca}}",
+    "spec.trafficPolicy.tls",
+    "cannot specify client certificates or ca certificate"
+)]
+#[case::dr_selector_wide_export(
+    DR,
+    "  host: a.com\n  workloadSelector: {matchLabels: {app: a}}\n  exportTo: ['*']",
+    "spec.exportTo",
+    "cannot have exportto beyond current namespace"
+)]
+#[case::dr_maglev_not_prime(
+    DR,
+    "  host: a.com\n  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 1000}}}}",
+    "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize",
+    "prime number"
+)]
 #[case::dr_missing_host(DR, "  subsets: [{name: v1}]", "spec.host", "required value")]
-#[case::dr_bad_duration(DR, "  host: a.com\n  trafficPolicy: {connectionPool: {tcp: {connectTimeout: 0.1ms}}}", "spec.trafficPolicy.connectionPool.tcp.connectTimeout", "greater than 1ms")]
-#[case::dr_locality_weights(DR, "  host: a.com\n  trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: a/b, to: {'x/*': 60}}]}}}", "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to", "total locality weight 60 != 100")]
-#[case::dr_cookie_without_name(DR, "  host: a.com\n  trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {ttl: 0s}}}}", "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.name", "name required")]
-#[case::dr_port_policy_empty(DR, "  host: a.com\n  trafficPolicy: {portLevelSettings: [{port: {number: 80}}]}", "spec.trafficPolicy.portLevelSettings[0]", "at least one field")]
+#[case::dr_bad_duration(
+    DR,
+    "  host: a.com\n  trafficPolicy: {connectionPool: {tcp: {connectTimeout: 0.1ms}}}",
+    "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
+    "greater than 1ms"
+)]
+#[case::dr_locality_weights(
+    DR,
+    "  host: a.com\n  trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: a/b, to: {'x/*': 60}}]}}}",
+    "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to",
+    "total locality weight 60 != 100"
+)]
+#[case::dr_cookie_without_name(
+    DR,
+    "  host: a.com\n  trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {ttl: 0s}}}}",
+    "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.name",
+    "name required"
+)]
+#[case::dr_port_policy_empty(
+    DR,
+    "  host: a.com\n  trafficPolicy: {portLevelSettings: [{port: {number: 80}}]}",
+    "spec.trafficPolicy.portLevelSettings[0]",
+    "at least one field"
+)]
 // ServiceEntry
 #[case::se_no_hosts(SE, "  ports: [{name: http, number: 80}]", "spec.hosts", "required value")]
-#[case::se_selector_and_endpoints(SE, "  hosts: [a.com]\n  resolution: STATIC\n  workloadSelector: {labels: {app: a}}\n  endpoints: [{address: 1.1.1.1}]", "spec", "only one of workloadselector or endpoints")]
-#[case::se_duplicate_port_number(SE, "  hosts: [a.com]\n  addresses: [10.0.0.1]\n  ports: [{name: a, number: 80}, {name: b, number: 80}]", "spec.ports[1].number", "port number cannot be duplicated")]
-#[case::se_duplicate_port_name(SE, "  hosts: [a.com]\n  addresses: [10.0.0.1]\n  ports: [{name: a, number: 80}, {name: a, number: 81}]", "spec.ports[1].name", "duplicate value")]
-#[case::se_cidr_with_dns(SE, "  hosts: [a.com]\n  addresses: [10.0.0.0/8]\n  resolution: DNS", "spec.addresses", "cidr addresses are allowed only for none/static")]
-#[case::se_endpoints_with_none(SE, "  hosts: [a.com]\n  endpoints: [{address: 1.1.1.1}]", "spec.endpoints", "none mode cannot set endpoints")]
-#[case::se_dns_rr_two_endpoints(SE, "  hosts: [a.com]\n  resolution: DNS_ROUND_ROBIN\n  endpoints: [{address: a.com}, {address: b.com}]", "spec.endpoints", "cannot have multiple endpoints")]
-#[case::se_endpoint_port_unknown(SE, "  hosts: [a.com]\n  addresses: [10.0.0.1]\n  ports: [{name: http, number: 80, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 1.1.1.1, ports: {grpc: 9000}}]", "spec.endpoints[0].ports[grpc]", "not defined by the service entry")]
-#[case::se_static_fqdn_endpoint(SE, "  hosts: [a.com]\n  resolution: STATIC\n  endpoints: [{address: b.com}]", "spec.endpoints[0].address", "not a valid ip address")]
-#[case::se_multi_host_tcp(SE, "  hosts: [a.com, b.com]\n  addresses: [10.0.0.1]\n  resolution: DNS\n  ports: [{name: tcp, number: 9000, protocol: TCP}]", "spec.ports", "multiple hosts provided with non-http, non-tls ports")]
-#[case::se_bad_protocol(SE, "  hosts: [a.com]\n  addresses: [10.0.0.1]\n  ports: [{name: a, number: 80, protocol: SPDY}]", "spec.ports[0].protocol", "unsupported protocol")]
-#[case::se_bad_export(SE, "  hosts: [a.com]\n  exportTo: ['*', ns2]", "spec.exportTo", "both public (*) and non-public")]
+#[case::se_selector_and_endpoints(
+    SE,
+    "  hosts: [a.com]\n  resolution: STATIC\n  workloadSelector: {labels: {app: a}}\n  endpoints: [{address: 1.1.1.1}]",
+    "spec",
+    "only one of workloadselector or endpoints"
+)]
+#[case::se_duplicate_port_number(
+    SE,
+    "  hosts: [a.com]\n  addresses: [10.0.0.1]\n  ports: [{name: a, number: 80}, {name: b, number: 80}]",
+    "spec.ports[1].number",
+    "port number cannot be duplicated"
+)]
+#[case::se_duplicate_port_name(
+    SE,
+    "  hosts: [a.com]\n  addresses: [10.0.0.1]\n  ports: [{name: a, number: 80}, {name: a, number: 81}]",
+    "spec.ports[1].name",
+    "duplicate value"
+)]
+#[case::se_cidr_with_dns(
+    SE,
+    "  hosts: [a.com]\n  addresses: [10.0.0.0/8]\n  resolution: DNS",
+    "spec.addresses",
+    "cidr addresses are allowed only for none/static"
+)]
+#[case::se_endpoints_with_none(
+    SE,
+    "  hosts: [a.com]\n  endpoints: [{address: 1.1.1.1}]",
+    "spec.endpoints",
+    "none mode cannot set endpoints"
+)]
+#[case::se_dns_rr_two_endpoints(
+    SE,
+    "  hosts: [a.com]\n  resolution: DNS_ROUND_ROBIN\n  endpoints: [{address: a.com}, {address: b.com}]",
+    "spec.endpoints",
+    "cannot have multiple endpoints"
+)]
+#[case::se_endpoint_port_unknown(
+    SE,
+    "  hosts: [a.com]\n  addresses: [10.0.0.1]\n  ports: [{name: http, number: 80, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 1.1.1.1, ports: {grpc: 9000}}]",
+    "spec.endpoints[0].ports[grpc]",
+    "not defined by the service entry"
+)]
+#[case::se_static_fqdn_endpoint(
+    SE,
+    "  hosts: [a.com]\n  resolution: STATIC\n  endpoints: [{address: b.com}]",
+    "spec.endpoints[0].address",
+    "not a valid ip address"
+)]
+#[case::se_multi_host_tcp(
+    SE,
+    "  hosts: [a.com, b.com]\n  addresses: [10.0.0.1]\n  resolution: DNS\n  ports: [{name: tcp, number: 9000, protocol: TCP}]",
+    "spec.ports",
+    "multiple hosts provided with non-http, non-tls ports"
+)]
+#[case::se_bad_protocol(
+    SE,
+    "  hosts: [a.com]\n  addresses: [10.0.0.1]\n  ports: [{name: a, number: 80, protocol: SPDY}]",
+    "spec.ports[0].protocol",
+    "unsupported protocol"
+)]
+#[case::se_bad_export(
+    SE,
+    "  hosts: [a.com]\n  exportTo: ['*', ns2]",
+    "spec.exportTo",
+    "both public (*) and non-public"
+)]
 // Gateway
 #[case::gw_no_servers(GW, "  selector: {istio: ingressgateway}", "spec.servers", "at least one server")]
-#[case::gw_server_without_hosts(GW, "  servers: [{port: {number: 80, name: http, protocol: HTTP}}]", "spec.servers[0].hosts", "at least one host")]
-#[case::gw_https_without_tls(GW, "  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*']}]", "spec.servers[0].tls", "must have tls settings")]
-#[case::gw_istio_mutual_with_credential(GW, "  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: ISTIO_MUTUAL, credentialName: c}}]", "spec.servers[0].tls.credentialName", "istio_mutual tls cannot have associated credentialname")]
-#[case::gw_simple_without_cert(GW, "  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, privateKey: /k}}]", "spec.servers[0].tls.serverCertificate", "simple tls requires a server certificate")]
-#[case::gw_mutual_without_ca(GW, "  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: MUTUAL, serverCertificate: /c, privateKey: /k}}]", "spec.servers[0].tls.caCertificates", "requires a client ca bundle")]
-#[case::gw_duplicate_port_names(GW, "  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}, {port: {number: 81, name: http, protocol: HTTP}, hosts: ['*']}]", "spec.servers[1].port.name", "port names in servers must be unique")]
-#[case::gw_short_host(GW, "  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['ns/reviews']}]", "spec.servers[0].hosts[0]", "short names (non fqdn) are not allowed")]
-#[case::gw_bad_protocol(GW, "  servers: [{port: {number: 80, name: http, protocol: FOO}, hosts: ['*']}]", "spec.servers[0].port.protocol", "invalid protocol")]
+#[case::gw_server_without_hosts(
+    GW,
+    "  servers: [{port: {number: 80, name: http, protocol: HTTP}}]",
+    "spec.servers[0].hosts",
+    "at least one host"
+)]
+#[case::gw_https_without_tls(
+    GW,
+    "  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*']}]",
+    "spec.servers[0].tls",
+    "must have tls settings"
+)]
+#[case::gw_istio_mutual_with_credential(
+    GW,
+    "  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: ISTIO_MUTUAL, credentialName: c}}]",
+    "spec.servers[0].tls.credentialName",
+    "istio_mutual tls cannot have associated credentialname"
+)]
+#[case::gw_simple_without_cert(
+    GW,
+    "  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, privateKey: /k}}]",
+    "spec.servers[0].tls.serverCertificate",
+    "simple tls requires a server certificate"
+)]
+#[case::gw_mutual_without_ca(
+    GW,
+    "  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: MUTUAL, serverCertificate: /c, privateKey: /k}}]",
+    "spec.servers[0].tls.caCertificates",
+    "requires a client ca bundle"
+)]
+#[case::gw_duplicate_port_names(
+    GW,
+    "  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}, {port: {number: 81, name: http, protocol: HTTP}, hosts: ['*']}]",
+    "spec.servers[1].port.name",
+    "port names in servers must be unique"
+)]
+#[case::gw_short_host(
+    GW,
+    "  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['ns/reviews']}]",
+    "spec.servers[0].hosts[0]",
+    "short names (non fqdn) are not allowed"
+)]
+#[case::gw_bad_protocol(
+    GW,
+    "  servers: [{port: {number: 80, name: http, protocol: FOO}, hosts: ['*']}]",
+    "spec.servers[0].port.protocol",
+    "invalid protocol"
+)]
 // Sidecar
 #[case::sc_empty(SC, "  workloadSelector: {labels: {app: a}}", "spec", "empty configuration")]
-#[case::sc_catch_all_not_last(SC, "  egress: [{hosts: ['./*']}, {port: {number: 80, name: http, protocol: HTTP}, hosts: ['./*']}]", "spec.egress[0].port", "should be the last listener")]
-#[case::sc_egress_host_form(SC, "  egress: [{hosts: ['reviews.ns.svc.cluster.local']}]", "spec.egress[0].hosts[0]", "host must be of form namespace/dnsname")]
-#[case::sc_ingress_without_port(SC, "  ingress: [{defaultEndpoint: '127.0.0.1:8080'}]", "spec.ingress[0].port", "port is required")]
-#[case::sc_bad_default_endpoint(SC, "  ingress: [{port: {number: 80, name: http, protocol: HTTP}, defaultEndpoint: '10.0.0.1:8080'}]", "spec.ingress[0].defaultEndpoint", "defaultendpoint must be of form")]
-#[case::sc_egress_proxy_registry_only(SC, "  outboundTrafficPolicy: {mode: REGISTRY_ONLY, egressProxy: {host: p.com, port: {number: 80}}}", "spec.outboundTrafficPolicy.egressProxy", "only with allow_any")]
+#[case::sc_catch_all_not_last(
+    SC,
+    "  egress: [{hosts: ['./*']}, {port: {number: 80, name: http, protocol: HTTP}, hosts: ['./*']}]",
+    "spec.egress[0].port",
+    "should be the last listener"
+)]
+#[case::sc_egress_host_form(
+    SC,
+    "  egress: [{hosts: ['reviews.ns.svc.cluster.local']}]",
+    "spec.egress[0].hosts[0]",
+    "host must be of form namespace/dnsname"
+)]
+#[case::sc_ingress_without_port(
+    SC,
+    "  ingress: [{defaultEndpoint: '127.0.0.1:8080'}]",
+    "spec.ingress[0].port",
+    "port is required"
+)]
+#[case::sc_bad_default_endpoint(
+    SC,
+    "  ingress: [{port: {number: 80, name: http, protocol: HTTP}, defaultEndpoint: '10.0.0.1:8080'}]",
+    "spec.ingress[0].defaultEndpoint",
+    "defaultendpoint must be of form"
+)]
+#[case::sc_egress_proxy_registry_only(
+    SC,
+    "  outboundTrafficPolicy: {mode: REGISTRY_ONLY, egressProxy: {host: p.com, port: {number: 80}}}",
+    "spec.outboundTrafficPolicy.egressProxy",
+    "only with allow_any"
+)]
 // WorkloadEntry
 #[case::we_no_address(WE, "  labels: {app: a}", "spec.address", "address is required")]
-#[case::we_bad_label(WE, "  address: 1.1.1.1\n  labels: {'bad key!': a}", "spec.labels", "invalid tag key")]
+#[case::we_bad_label(
+    WE,
+    "  address: 1.1.1.1\n  labels: {'bad key!': a}",
+    "spec.labels",
+    "invalid tag key"
+)]
 // PeerAuthentication
-#[case::pa_port_level_without_selector(PA, "  portLevelMtls: {'80': {mode: STRICT}}", "spec.portLevelMtls", "portlevelmtls requires selector")]
-#[case::pa_port_out_of_range(PA, "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {'70000': {mode: STRICT}}", "spec.portLevelMtls[70000]", "port must be between 1-65535")]
+#[case::pa_port_level_without_selector(
+    PA,
+    "  portLevelMtls: {'80': {mode: STRICT}}",
+    "spec.portLevelMtls",
+    "portlevelmtls requires selector"
+)]
+#[case::pa_port_out_of_range(
+    PA,
+    "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {'70000': {mode: STRICT}}",
+    "spec.portLevelMtls[70000]",
+    "port must be between 1-65535"
+)]
 // Selectors
-#[case::selector_empty_key(PA, "  selector: {matchLabels: {'': a}}", "spec.selector.matchLabels[]", "empty key is not supported in selector")]
-#[case::selector_wildcard(SC, "  workloadSelector: {labels: {app: '*'}}\n  egress: [{hosts: ['./*']}]", "spec.workloadSelector.labels[app]", "wildcard is not supported in selector")]
+#[case::selector_empty_key(
+    PA,
+    "  selector: {matchLabels: {'': a}}",
+    "spec.selector.matchLabels[]",
+    "empty key is not supported in selector"
+)]
+#[case::selector_wildcard(
+    SC,
+    "  workloadSelector: {labels: {app: '*'}}\n  egress: [{hosts: ['./*']}]",
+    "spec.workloadSelector.labels[app]",
+    "wildcard is not supported in selector"
+)]
 fn rule_is_enforced(#[case] head: &str, #[case] body: &str, #[case] field: &str, #[case] message: &str) {
     let diags = diagnostics(&format!("{head}{body}\n"));
     let hit = diags
         .iter()
         .any(|d| d.severity == Severity::Error && d.field == field && d.message.to_lowercase().contains(message));
-    assert!(hit, "expected an error at {field:?} containing {message:?}, got {:#?}", diags);
+    assert!(
+        hit,
+        "expected an error at {field:?} containing {message:?}, got {:#?}",
+        diags
+    );
 }
 
 const VALID: &str = r#"
@@ -292,7 +624,9 @@ fn unreachable_rules_are_warnings() {
     let diags = diagnostics(&yaml);
     assert!(errors(&diags).is_empty(), "{diags:?}");
     assert!(
-        diags.iter().any(|d| d.severity == Severity::Warning && d.field == "spec.http[2]" && d.message.contains("only the last rule")),
+        diags.iter().any(|d| d.severity == Severity::Warning
+            && d.field == "spec.http[2]"
+            && d.message.contains("only the last rule")),
         "{diags:?}"
     );
 }
@@ -329,19 +663,33 @@ fn set_diagnostics(extra: &str) -> Vec<Diagnostic> {
 }
 
 #[rstest]
-#[case::known_host_and_subset("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews, subset: v1}}]}]", None)]
-#[case::wildcard_service_entry_host("  hosts: [api.example.com]\n  http: [{route: [{destination: {host: api.example.com}}]}]", None)]
+#[case::known_host_and_subset(
+    "  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews, subset: v1}}]}]",
+    None
+)]
+#[case::wildcard_service_entry_host(
+    "  hosts: [api.example.com]\n  http: [{route: [{destination: {host: api.example.com}}]}]",
+    None
+)]
 #[case::unknown_host("  hosts: [reviews]\n  http: [{route: [{destination: {host: ratings}}]}]", Some((Severity::Warning, "spec.http[0].route[0].destination.host", "referenced host not found")))]
 #[case::unknown_subset("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews, subset: v9}}]}]", Some((Severity::Error, "spec.http[0].route[0].destination.subset", "host+subset in destinationrule not found")))]
 #[case::unknown_gateway("  hosts: [reviews]\n  gateways: [istio-system/egress]\n  http: [{route: [{destination: {host: reviews}}]}]", Some((Severity::Error, "spec.gateways[0]", "referenced gateway not found")))]
-#[case::known_gateway("  hosts: [reviews]\n  gateways: [istio-system/ingress, mesh]\n  http: [{route: [{destination: {host: reviews}}]}]", None)]
+#[case::known_gateway(
+    "  hosts: [reviews]\n  gateways: [istio-system/ingress, mesh]\n  http: [{route: [{destination: {host: reviews}}]}]",
+    None
+)]
 #[case::unknown_delegate("  hosts: [reviews]\n  http: [{delegate: {name: missing}}]", Some((Severity::Error, "spec.http[0].delegate", "referenced virtual service not found")))]
 fn references_are_checked(#[case] body: &str, #[case] want: Option<(Severity, &str, &str)>) {
-    let diags = set_diagnostics(&format!("{}{body}\n", VS.replace("namespace: ns", "namespace: bookinfo")));
+    let diags = set_diagnostics(&format!(
+        "{}{body}\n",
+        VS.replace("namespace: ns", "namespace: bookinfo")
+    ));
     match want {
         None => assert!(diags.is_empty(), "{diags:#?}"),
         Some((sev, field, msg)) => assert!(
-            diags.iter().any(|d| d.severity == sev && d.field == field && d.message.contains(msg)),
+            diags
+                .iter()
+                .any(|d| d.severity == sev && d.field == field && d.message.contains(msg)),
             "expected {sev:?} at {field} containing {msg:?}, got {diags:#?}"
         ),
     }
@@ -360,7 +708,10 @@ fn competing_mesh_virtual_services_warn_on_each() {
         vs("b", "reviews.bookinfo.svc.cluster.local"),
         vs("c", "other.example.com")
     ));
-    let conflicts: Vec<&Diagnostic> = diags.iter().filter(|d| d.message.contains("define the same host")).collect();
+    let conflicts: Vec<&Diagnostic> = diags
+        .iter()
+        .filter(|d| d.message.contains("define the same host"))
+        .collect();
     assert_eq!(conflicts.len(), 2, "{diags:#?}");
     assert!(conflicts.iter().all(|d| d.severity == Severity::Warning));
     assert!(conflicts.iter().any(|d| d.object == "VirtualService bookinfo/a"));
