@@ -1,7 +1,10 @@
-//! Copies the Envoy `FileDescriptorSet` shipped inside the envoy-types crate into `OUT_DIR`.
+//! Copies the Envoy `FileDescriptorSet` shipped inside the envoy-types crate into `OUT_DIR`, and
+//! compiles the Istio .proto files under `istio/` (the CA API) into Rust with tonic clients and servers.
 //!
 //! envoy-types carries `src/generated/types.bin` (every .proto it was generated from, with their
 //! dependencies) but does not export it, so the build script finds it in the cargo registry.
+//!
+//! The Istio protos are parsed by `protox` (pure Rust), so building needs no system `protoc`.
 
 use std::env;
 use std::fs;
@@ -32,6 +35,26 @@ fn main() {
     let dest = out_dir.join("envoy_types.bin");
     if let Err(e) = fs::copy(&source, &dest) {
         fail(&format!("copying {} to {}: {e}", source.display(), dest.display()));
+    }
+    compile_istio_protos();
+}
+
+/// The Istio .proto files compiled into Rust (paths relative to this crate).
+const ISTIO_PROTOS: &[&str] = &["istio/ca.proto"];
+
+fn compile_istio_protos() {
+    for p in ISTIO_PROTOS {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    // protox bundles google/protobuf/*.proto, so `import "google/protobuf/struct.proto"` resolves
+    // without any include path of ours.
+    let fds = match protox::compile(ISTIO_PROTOS, ["."]) {
+        Ok(fds) => fds,
+        Err(e) => fail(&format!("parsing {ISTIO_PROTOS:?}: {e:?}")),
+    };
+    // google.protobuf.* map to prost-types (prost-build's default for well-known types).
+    if let Err(e) = tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds) {
+        fail(&format!("generating Rust for {ISTIO_PROTOS:?}: {e}"));
     }
 }
 

@@ -209,7 +209,7 @@ fn serve(args: &Args) {
         let (tx, _) = watch::channel(snapshot(set, 0));
         let source = Arc::new(OneSnapshot(tx));
         let server = XdsServer::from_parts(source.clone(), Arc::new(StatusRegistry::new()), Arc::new(XdsMetrics::unregistered()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = sailplane::xds::listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(server.clone().serve_with_shutdown(listener, async {
@@ -436,29 +436,16 @@ fn node(i: usize) -> Node {
 /// One ADS client on its own TCP + HTTP/2 connection (as K Envoys would have), speaking gRPC over
 /// the `h2` crate directly so that receiving costs only the kernel copy and HTTP/2 framing.
 async fn client(i: usize, addr: std::net::SocketAddr, seen: mpsc::UnboundedSender<Seen>) -> Result<(), String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (send, conn) = h2::client::Builder::new()
-        // Envoy's defaults are larger still: a whole response fits without waiting on WINDOW_UPDATEs.
-        .initial_window_size(4 << 20)
-        .initial_connection_window_size(8 << 20)
-        .max_frame_size(max_frame())
-        .handshake::<_, bytes::Bytes>(tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(conn);
-    let mut send = send.ready().await.map_err(|e| format!("ready: {e}"))?;
-    let request = tonic::codegen::http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}{SOTW_PATH}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .map_err(|e| e.to_string())?;
-    let (response, mut requests) = send.send_request(request, false).map_err(|e| format!("request: {e}"))?;
-    let first = DiscoveryRequest { node: Some(node(i)), type_url: TypeUrl::Cluster.as_str().into(), ..Default::default() };
-    requests.send_data(grpc_frame(&first), false).map_err(|e| format!("send: {e}"))?;
-    let response = response.await.map_err(|e| format!("response: {e}"))?;
+    // Like Envoy, retry a failed connection (a thousand simultaneous connects can overflow a queue).
+    let mut attempt = 0;
+    let (mut requests, response) = loop {
+        attempt += 1;
+        match open_stream(i, addr).await {
+            Ok(opened) => break opened,
+            Err(e) if attempt >= 5 => return Err(format!("after {attempt} attempts: {e}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100 * attempt)).await,
+        }
+    };
     let mut body = response.into_body();
     let mut scanner = ResponseScanner::new();
     let mut done = Vec::new();
@@ -482,6 +469,37 @@ async fn client(i: usize, addr: std::net::SocketAddr, seen: mpsc::UnboundedSende
         }
     }
     Ok(())
+}
+
+/// Connects, opens the ADS stream, sends the first request and waits for the response headers.
+async fn open_stream(
+    i: usize,
+    addr: std::net::SocketAddr,
+) -> Result<(h2::SendStream<bytes::Bytes>, tonic::codegen::http::Response<h2::RecvStream>), String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (send, conn) = h2::client::Builder::new()
+        // Envoy's defaults are larger still: a whole response fits without waiting on WINDOW_UPDATEs.
+        .initial_window_size(4 << 20)
+        .initial_connection_window_size(8 << 20)
+        .max_frame_size(max_frame())
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let mut send = send.ready().await.map_err(|e| format!("ready: {e}"))?;
+    let request = tonic::codegen::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{SOTW_PATH}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let (response, mut requests) = send.send_request(request, false).map_err(|e| format!("request: {e}"))?;
+    let first = DiscoveryRequest { node: Some(node(i)), type_url: TypeUrl::Cluster.as_str().into(), ..Default::default() };
+    requests.send_data(grpc_frame(&first), false).map_err(|e| format!("send: {e}"))?;
+    let response = response.await.map_err(|e| format!("response: {e}"))?;
+    Ok((requests, response))
 }
 
 struct ServerProc {

@@ -20,6 +20,8 @@ enum Command {
     Bootstrap(cli::bootstrap::BootstrapArgs),
     /// Validate Istio and Kubernetes YAML files or directories; exits non-zero on errors.
     Analyze(cli::analyze::AnalyzeArgs),
+    /// Print the full configuration one proxy would receive, as an Envoy static bootstrap.
+    Translate(cli::translate::TranslateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,6 +33,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(cli::discovery::run(args))
         }
         Command::Bootstrap(args) => cli::bootstrap::run(&args),
+        Command::Translate(args) => cli::translate::run(&args),
         Command::Analyze(args) => {
             let code = cli::analyze::run(&args)?;
             std::process::exit(code)

@@ -302,3 +302,15 @@ async fn unknown_types_get_one_empty_answer() {
     c.ack(&r, &["rt"]);
     c.expect_silence().await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_streams_and_drains() {
+    let mut srv = TestServer::start(base()).await;
+    let mut c = srv.sotw("p1").await;
+    c.request(TypeUrl::Cluster, &[]);
+    c.recv().await;
+    srv.shutdown().await;
+    let status = c.next().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(srv.status.is_empty());
+}

@@ -1,8 +1,8 @@
 //! # sailplane-proto: protocol descriptors
 //!
 //! Reflection over Envoy's messages, so encoded resources can be shown as JSON in Envoy's own
-//! `config_dump` shape (snake_case field names, `@type` on every `Any`), and (later) the .proto
-//! definitions envoy-types lacks (the Istio CA API).
+//! `config_dump` shape (snake_case field names, `@type` on every `Any`), and the .proto
+//! definitions envoy-types lacks: the Istio CA API in [`istio::ca`].
 //!
 //! Inputs are plain encoded bytes plus their type URL: this crate knows nothing about the
 //! translator, so both the control plane (`/debug/config_dump`) and the translator's golden tests
@@ -13,6 +13,17 @@ use std::sync::OnceLock;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value, json};
+
+/// Istio APIs that envoy-types does not carry, generated from `proto/istio/*.proto` by `build.rs`.
+pub mod istio {
+    /// `istio.v1.auth`: the certificate authority API (`IstioCertificateService/CreateCertificate`),
+    /// wire-compatible with istiod's. `istio_certificate_service_client` and
+    /// `istio_certificate_service_server` hold the tonic client and server.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod ca {
+        tonic::include_proto!("istio.v1.auth");
+    }
+}
 
 /// The `FileDescriptorSet` of every Envoy .proto (and its dependencies) that envoy-types was
 /// generated from, copied out of the envoy-types sources by `build.rs`.

@@ -6,6 +6,7 @@
 //! CSR: a CSR that asks for any other SAN is refused.
 
 mod authority;
+pub mod server;
 pub mod token;
 
 pub use authority::{Authority, CaError, CaOptions, Identity};

@@ -3,3 +3,4 @@
 pub mod analyze;
 pub mod bootstrap;
 pub mod discovery;
+pub mod translate;

@@ -131,7 +131,7 @@ fn content_hash(text: &str) -> u64 {
 
 /// Every `.yaml`, `.yml` and `.json` file below `dir` (hidden entries skipped), with its text.
 /// Unreadable files are skipped with a warning; a file mid-write is picked up by its next event.
-fn read_tree(dir: &Path) -> BTreeMap<PathBuf, String> {
+pub fn read_tree(dir: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -37,6 +37,8 @@ pub(crate) async fn run(
     };
     let (conn, mut snapshots) = Connection::open(&shared, proxy, XdsApi::Delta);
     let mut current = Arc::clone(&snapshots.borrow_and_update());
+    let closed = shared.closed();
+    tokio::pin!(closed);
     let mut stream = DeltaStream { shared: &shared, conn: &conn, types: Default::default(), unknown: HashSet::new(), unknown_pending: Vec::new() };
     stream.on_request(first);
     stream.respond(&current, false, &out).await?;
@@ -61,6 +63,7 @@ pub(crate) async fn run(
                 true
             },
             () = out.closed() => return Ok(()),
+            () = &mut closed => return Err(Status::unavailable("the control plane is shutting down")),
         };
         stream.respond(&current, changed, &out).await?;
     }

@@ -3,6 +3,12 @@
 //! It knows the protocol (nonces, ACK/NACK, subscriptions, ordering), not Istio. Configuration arrives
 //! as [`Snapshot`]s of encoded resources from a [`SnapshotSource`]; proxies whose profiles are equal
 //! share one snapshot (and its encoded bytes) by `Arc`.
+//!
+//! - `server`: the tower/tonic service, one task per stream, and [`XdsServer::serve`];
+//! - `sotw` / `delta`: the two protocol state machines;
+//! - `wire`: responses assembled from pre-encoded `Any` bytes; `cache`: bodies shared across streams;
+//! - `io`: write coalescing for HTTP/2's small frames;
+//! - `status`: per-proxy ACK/NACK state for `/debug/syncz` and `/debug/config_dump`; `metrics`.
 
 mod cache;
 mod delta;
@@ -14,7 +20,7 @@ pub mod status;
 mod wire;
 
 pub use metrics::XdsMetrics;
-pub use server::{AdsService, XdsError, XdsServer};
+pub use server::{AdsService, XdsError, XdsServer, listen};
 pub use status::{SentResources, StatusRegistry, SyncState, TypeStatus, XdsApi};
 
 use std::sync::Arc;

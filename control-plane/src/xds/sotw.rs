@@ -32,6 +32,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut requests: Streaming<DiscoveryRe
     };
     let (conn, mut snapshots) = Connection::open(&shared, proxy, XdsApi::Sotw);
     let mut current = Arc::clone(&snapshots.borrow_and_update());
+    let closed = shared.closed();
+    tokio::pin!(closed);
     let mut stream = SotwStream { shared: &shared, conn: &conn, types: Default::default(), unknown: HashMap::new() };
     stream.on_request(first);
     stream.respond(&current, false, &out).await?;
@@ -56,6 +58,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut requests: Streaming<DiscoveryRe
                 true
             },
             () = out.closed() => return Ok(()),
+            () = &mut closed => return Err(Status::unavailable("the control plane is shutting down")),
         };
         stream.respond(&current, changed, &out).await?;
     }

@@ -81,7 +81,8 @@ pub struct TestServer {
     pub status: Arc<StatusRegistry>,
     pub metrics: Arc<XdsMetrics>,
     pub source: Arc<TestSource>,
-    _shutdown: oneshot::Sender<()>,
+    shutdown: Option<oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -94,10 +95,17 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let (shutdown, rx) = oneshot::channel::<()>();
         let running = server.clone();
-        tokio::spawn(async move {
+        let serving = tokio::spawn(async move {
             running.serve_with_shutdown(listener, async { rx.await.ok(); }).await.unwrap();
         });
-        TestServer { addr, server, status, metrics, source, _shutdown: shutdown }
+        TestServer { addr, server, status, metrics, source, shutdown: Some(shutdown), serving: Some(serving) }
+    }
+
+    /// Shuts the server down gracefully and waits until it has stopped.
+    pub async fn shutdown(&mut self) {
+        drop(self.shutdown.take());
+        let serving = self.serving.take().expect("server running");
+        tokio::time::timeout(WAIT, serving).await.expect("graceful shutdown finished").unwrap();
     }
 
     pub async fn client(&self) -> AggregatedDiscoveryServiceClient<Channel> {

@@ -5,8 +5,6 @@
 //! `u32::MAX` with `track_remaining`, an empty `common_lb_config`, `alt_stat_name` with the `;`
 //! delimiter, and `filter_metadata.istio.services` naming the service.
 
-use std::collections::BTreeMap;
-
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbConfig, LbPolicy,
     OriginalDstLbConfig,
@@ -25,7 +23,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 
 use super::endpoint::{EndpointFilter, locality_lb_endpoints};
-use super::{CONNECT_TIMEOUT_SECS, Ctx, ads_config_source, any, secs, string_struct, wire};
+use super::{CONNECT_TIMEOUT_SECS, Ctx, ads_config_source, any, secs, wire};
 use crate::model::{Location, NodeType, Protocol, Resolution, Service, ServiceOrigin, ServicePort};
 use crate::names;
 use crate::resources::{ResourceSet, TypeUrl};
@@ -52,15 +50,15 @@ const DNS_REFRESH_SECS: i64 = 60;
 pub struct ClusterOut {
     /// The cluster (its `metadata` left empty).
     pub cluster: Cluster,
-    /// `filter_metadata`, encoded separately in sorted order.
-    pub metadata: Option<wire::Metadata>,
+    /// `filter_metadata.istio`, encoded separately (see [`wire`]).
+    pub metadata: Option<wire::Struct>,
 }
 
 impl ClusterOut {
     fn add_to(&self, set: &mut ResourceSet) {
         match &self.metadata {
             Some(m) => {
-                let extra = wire::field(CLUSTER_METADATA_TAG, m);
+                let extra = wire::metadata_field(CLUSTER_METADATA_TAG, &[("istio", m)]);
                 set.add_with_fields(TypeUrl::Cluster, self.cluster.name.clone(), &self.cluster, &extra);
             }
             None => set.add(TypeUrl::Cluster, self.cluster.name.clone(), &self.cluster),
@@ -169,20 +167,14 @@ fn set_http_options(c: &mut Cluster, opts: Option<HttpProtocolOptions>) {
 /// services are named after their host.
 fn service_metadata(svc: &Service) -> wire::Value {
     let name = match svc.origin {
-        ServiceOrigin::Kubernetes => svc.name.clone(),
-        ServiceOrigin::ServiceEntry => svc.hostname.clone(),
+        ServiceOrigin::Kubernetes => svc.name.as_str(),
+        ServiceOrigin::ServiceEntry => svc.hostname.as_str(),
     };
-    string_struct([
-        ("host", svc.hostname.clone()),
-        ("name", name),
-        ("namespace", svc.namespace.clone()),
+    wire::Value::structure(&[
+        ("host", wire::Value::string(&svc.hostname)),
+        ("name", wire::Value::string(name)),
+        ("namespace", wire::Value::string(&svc.namespace)),
     ])
-}
-
-fn istio_metadata(fields: BTreeMap<String, wire::Value>) -> wire::Metadata {
-    let mut m = wire::Metadata::default();
-    m.filter_metadata.insert("istio".to_string(), wire::Struct { fields });
-    m
 }
 
 /// The default outbound cluster `outbound|<port>||<host>` of one service port.
@@ -255,14 +247,15 @@ pub fn outbound_cluster(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort) -> Opt
         }
     }
     set_http_options(&mut c, upstream_http_options(node, port.protocol));
-    let mut fields = BTreeMap::new();
-    fields.insert("services".to_string(), wire::Value::list(vec![service_metadata(svc)]));
-    if svc.location == Location::MeshExternal {
-        fields.insert("external".to_string(), wire::Value::bool(true));
-    }
+    let services = ("services", wire::Value::list(&[service_metadata(svc)]));
+    let istio = if svc.location == Location::MeshExternal {
+        wire::Struct::new(&[("external", wire::Value::bool(true)), services])
+    } else {
+        wire::Struct::new(&[services])
+    };
     Some(ClusterOut {
         cluster: c,
-        metadata: Some(istio_metadata(fields)),
+        metadata: Some(istio),
     })
 }
 
@@ -355,11 +348,9 @@ pub fn inbound_clusters(ctx: &Ctx<'_>) -> Vec<ClusterOut> {
                     services.push(service_metadata(svc));
                 }
             }
-            let mut fields = BTreeMap::new();
-            fields.insert("services".to_string(), wire::Value::list(services));
             ClusterOut {
                 cluster: c,
-                metadata: Some(istio_metadata(fields)),
+                metadata: Some(wire::Struct::new(&[("services", wire::Value::list(&services))])),
             }
         })
         .collect()
@@ -427,8 +418,11 @@ mod tests {
         let proxy = ProxyProfile::default();
         let ctx = Ctx::new(&world, &proxy);
         let out = outbound_cluster(&ctx, &s, &s.ports[0]).unwrap();
-        let istio = &out.metadata.unwrap().filter_metadata["istio"];
-        assert_eq!(istio.fields["external"], wire::Value::bool(true));
+        let want = wire::Struct::new(&[
+            ("external", wire::Value::bool(true)),
+            ("services", wire::Value::list(&[service_metadata(&s)])),
+        ]);
+        assert_eq!(out.metadata, Some(want));
         assert_eq!(out.cluster.load_assignment.unwrap().endpoints.len(), 1);
     }
 }

@@ -205,102 +205,129 @@ pub(crate) fn ads_config_source() -> Option<ConfigSource> {
     })
 }
 
-/// Protobuf messages with sorted maps.
+/// Hand-encoded `Metadata` / `google.protobuf.Struct` values.
 ///
 /// The envoy-types structs keep `Metadata.filter_metadata` and `Struct.fields` in `HashMap`s, whose
-/// encoding order varies between map instances. Metadata with more than one key is built with these
-/// wire-compatible mirrors instead and appended as raw fields
-/// ([`ResourceSet::add_with_fields`]), so identical config encodes to identical bytes.
+/// encoding order varies between map instances. Metadata with more than one key is therefore
+/// written here directly in wire format, keys in sorted order, and appended to the encoded resource
+/// as a raw field ([`ResourceSet::add_with_fields`]): identical config encodes to identical bytes,
+/// and writing bytes is also several times cheaper than building nested maps for prost.
 pub mod wire {
-    use std::collections::BTreeMap;
+    use prost::encoding::{WireType, encode_key, encode_varint};
 
-    /// `envoy.config.core.v3.Metadata` (only `filter_metadata`).
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Metadata {
-        /// Filter metadata by filter name.
-        #[prost(btree_map = "string, message", tag = "1")]
-        pub filter_metadata: BTreeMap<String, Struct>,
+    fn length_delimited(buf: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(bytes.len() as u64, buf);
+        buf.extend_from_slice(bytes);
     }
 
-    /// `google.protobuf.Struct`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Struct {
-        /// Fields by name.
-        #[prost(btree_map = "string, message", tag = "1")]
-        pub fields: BTreeMap<String, Value>,
-    }
-
-    /// `google.protobuf.ListValue`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ListValue {
-        /// Items.
-        #[prost(message, repeated, tag = "1")]
-        pub values: Vec<Value>,
-    }
-
-    /// `google.protobuf.Value`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Value {
-        /// The value.
-        #[prost(oneof = "Kind", tags = "2, 3, 4, 5, 6")]
-        pub kind: Option<Kind>,
-    }
-
-    /// `google.protobuf.Value.kind` (without `null_value`, which Sailplane never writes).
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Kind {
-        /// A number.
-        #[prost(double, tag = "2")]
-        Number(f64),
-        /// A string.
-        #[prost(string, tag = "3")]
-        String(String),
-        /// A boolean.
-        #[prost(bool, tag = "4")]
-        Bool(bool),
-        /// A nested struct.
-        #[prost(message, tag = "5")]
-        Struct(Struct),
-        /// A list.
-        #[prost(message, tag = "6")]
-        List(ListValue),
-    }
+    /// An encoded `google.protobuf.Value`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Value(Vec<u8>);
 
     impl Value {
-        /// A string value.
-        pub fn string(s: impl Into<String>) -> Value {
-            Value { kind: Some(Kind::String(s.into())) }
+        /// `string_value`.
+        pub fn string(s: &str) -> Value {
+            let mut b = Vec::with_capacity(s.len() + 3);
+            length_delimited(&mut b, 3, s.as_bytes());
+            Value(b)
         }
-        /// A boolean value.
-        pub fn bool(b: bool) -> Value {
-            Value { kind: Some(Kind::Bool(b)) }
+
+        /// `bool_value`.
+        pub fn bool(v: bool) -> Value {
+            let mut b = Vec::with_capacity(2);
+            encode_key(4, WireType::Varint, &mut b);
+            encode_varint(u64::from(v), &mut b);
+            Value(b)
         }
-        /// A struct value.
-        pub fn structure(fields: BTreeMap<String, Value>) -> Value {
-            Value { kind: Some(Kind::Struct(Struct { fields })) }
+
+        /// `struct_value` with `fields`, which must be sorted by key (checked in debug builds).
+        pub fn structure(fields: &[(&str, Value)]) -> Value {
+            let mut b = Vec::new();
+            length_delimited(&mut b, 5, &Struct::new(fields).0);
+            Value(b)
         }
-        /// A list value.
-        pub fn list(values: Vec<Value>) -> Value {
-            Value { kind: Some(Kind::List(ListValue { values })) }
+
+        /// `list_value`.
+        pub fn list(values: &[Value]) -> Value {
+            let mut list = Vec::with_capacity(values.iter().map(|v| v.0.len() + 3).sum());
+            for v in values {
+                length_delimited(&mut list, 1, &v.0);
+            }
+            let mut b = Vec::with_capacity(list.len() + 4);
+            length_delimited(&mut b, 6, &list);
+            Value(b)
         }
     }
 
-    /// Encodes `meta` as field `tag` of an enclosing message (for [`crate::ResourceSet::add_with_fields`]).
-    pub fn field(tag: u32, meta: &Metadata) -> Vec<u8> {
-        let mut buf = Vec::new();
-        prost::encoding::message::encode(tag, meta, &mut buf);
-        buf
-    }
-}
+    /// An encoded `google.protobuf.Struct`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Struct(Vec<u8>);
 
-/// A `wire::Struct` from string pairs.
-pub(crate) fn string_struct<'s>(pairs: impl IntoIterator<Item = (&'s str, String)>) -> wire::Value {
-    wire::Value::structure(
-        pairs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), wire::Value::string(v)))
-            .collect::<BTreeMap<_, _>>(),
-    )
+    impl Struct {
+        /// A struct of `fields`, which must be sorted by key (checked in debug builds).
+        pub fn new(fields: &[(&str, Value)]) -> Struct {
+            debug_assert!(fields.windows(2).all(|w| w[0].0 < w[1].0), "struct keys must be sorted");
+            let mut b = Vec::new();
+            let mut entry = Vec::new();
+            for (k, v) in fields {
+                entry.clear();
+                length_delimited(&mut entry, 1, k.as_bytes());
+                length_delimited(&mut entry, 2, &v.0);
+                length_delimited(&mut b, 1, &entry);
+            }
+            Struct(b)
+        }
+    }
+
+    /// `Metadata{filter_metadata}` written as field `tag` of the enclosing message. `filters` must
+    /// be sorted by filter name (checked in debug builds).
+    pub fn metadata_field(tag: u32, filters: &[(&str, &Struct)]) -> Vec<u8> {
+        debug_assert!(filters.windows(2).all(|w| w[0].0 < w[1].0), "filter names must be sorted");
+        let mut meta = Vec::new();
+        let mut entry = Vec::new();
+        for (name, st) in filters {
+            entry.clear();
+            length_delimited(&mut entry, 1, name.as_bytes());
+            length_delimited(&mut entry, 2, &st.0);
+            length_delimited(&mut meta, 1, &entry);
+        }
+        let mut out = Vec::with_capacity(meta.len() + 4);
+        length_delimited(&mut out, tag, &meta);
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #![allow(clippy::unwrap_used)]
+
+        use envoy_types::pb::envoy::config::core::v3::Metadata;
+        use envoy_types::pb::google::protobuf::value::Kind;
+        use prost::Message;
+
+        use super::*;
+
+        /// Field 1 of a message is the Metadata itself.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Wrapper {
+            #[prost(message, optional, tag = "1")]
+            meta: Option<Metadata>,
+        }
+
+        #[test]
+        fn decodes_as_envoy_metadata() {
+            let svc = Value::structure(&[("host", Value::string("a.b")), ("name", Value::string("a"))]);
+            let istio = Struct::new(&[("external", Value::bool(true)), ("services", Value::list(&[svc]))]);
+            let bytes = metadata_field(1, &[("istio", &istio)]);
+            let m = Wrapper::decode(bytes.as_slice()).unwrap().meta.unwrap();
+            let istio = &m.filter_metadata["istio"].fields;
+            assert_eq!(istio["external"].kind, Some(Kind::BoolValue(true)));
+            let Some(Kind::ListValue(l)) = &istio["services"].kind else { panic!("not a list") };
+            let Some(Kind::StructValue(s)) = &l.values[0].kind else { panic!("not a struct") };
+            assert_eq!(s.fields["host"].kind, Some(Kind::StringValue("a.b".into())));
+            assert_eq!(s.fields["name"].kind, Some(Kind::StringValue("a".into())));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use super::{Ctx, any, secs};
 use crate::model::{OutboundTrafficPolicy, Service, ServicePort};
@@ -90,18 +91,19 @@ fn outbound_vhosts(ctx: &Ctx<'_>, port: u16) -> Vec<VirtualHost> {
         .filter(|(_, p)| p.protocol.is_http() || p.protocol == crate::model::Protocol::Unspecified)
         .collect();
     // Hosts that are real FQDNs: an expanded short name equal to one of them must not shadow it.
-    let known_fqdn: HashSet<String> = services
-        .iter()
-        .flat_map(|(s, p)| [s.hostname.clone(), names::vhost(&s.hostname, p.port)])
-        .collect();
-    let mut claimed: HashSet<String> = HashSet::new();
+    // (istiod also lists `<host>:<port>` here, which no expanded short name can equal.)
+    let mut known_fqdn: HashSet<&str, _> = HashSet::with_capacity_and_hasher(services.len(), Xxh3DefaultBuilder::new());
+    known_fqdn.extend(services.iter().map(|(s, _)| s.hostname.as_str()));
+    let mut claimed: HashSet<String, _> = HashSet::with_capacity_and_hasher(services.len() * 5, Xxh3DefaultBuilder::new());
     let mut out = Vec::with_capacity(services.len());
     for (svc, sp) in services {
         let (domains, alt) = vhost_domains(svc, &ctx.proxy.namespace);
         let mut kept = Vec::with_capacity(domains.len());
         for d in domains {
-            let lower = d.to_ascii_lowercase();
-            if claimed.contains(&lower) || (alt.contains(&d) && known_fqdn.contains(&d)) {
+            // Hostnames are lowercase already (ServiceEntry hosts are lowered when read); only
+            // allocate for the rare mixed-case domain.
+            let lower = if d.bytes().any(|b| b.is_ascii_uppercase()) { d.to_ascii_lowercase() } else { d.clone() };
+            if claimed.contains(&lower) || (alt.contains(&d) && known_fqdn.contains(d.as_str())) {
                 continue;
             }
             claimed.insert(lower);
@@ -159,8 +161,10 @@ pub fn vhost_domains(svc: &Service, proxy_ns: &str) -> (Vec<String>, Vec<String>
 /// `generateAltVirtualHostsForKubernetesService`). Hosts outside `.svc.<cluster domain>` have none:
 /// expanding them could collide with real service names.
 fn alt_hosts(host: &str, proxy_ns: &str) -> Vec<String> {
-    let suffix = format!(".svc.{}", crate::model::CLUSTER_DOMAIN);
-    if !host.ends_with(&suffix) {
+    let in_cluster = host
+        .strip_suffix(crate::model::CLUSTER_DOMAIN)
+        .is_some_and(|h| h.ends_with(".svc."));
+    if !in_cluster {
         return Vec::new();
     }
     let Some(ih) = host.find(".svc.") else { return Vec::new() };
