@@ -6,6 +6,7 @@
 //! `admin` serves readiness, debug and metrics.
 
 pub mod admin;
+pub mod agent;
 pub mod ca;
 pub mod cli;
 pub mod metrics;

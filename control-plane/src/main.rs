@@ -22,6 +22,11 @@ enum Command {
     Analyze(cli::analyze::AnalyzeArgs),
     /// Print the full configuration one proxy would receive, as an Envoy static bootstrap.
     Translate(cli::translate::TranslateArgs),
+    /// Run the node agent next to an Envoy (like pilot-agent): workload certificate from the CA,
+    /// SDS on a Unix socket, rotation, Envoy bootstrap, and optionally Envoy itself (--run-envoy).
+    Agent(cli::agent::AgentArgs),
+    /// Bearer tokens for the CA in file mode (VMs and local proxies).
+    Token(cli::token::TokenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +38,12 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(cli::discovery::run(args))
         }
         Command::Bootstrap(args) => cli::bootstrap::run(&args),
+        Command::Agent(args) => {
+            init_logging();
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(cli::agent::run(args))
+        }
+        Command::Token(args) => cli::token::run(&args),
         Command::Translate(args) => cli::translate::run(&args),
         Command::Analyze(args) => {
             let code = cli::analyze::run(&args)?;

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use serde_yaml_ng::{Mapping, Value};
+use serde_yaml_ng::Value;
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
-use super::secrets::{ROOT_SECRET, WORKLOAD_SECRET};
+use super::secrets::WORKLOAD_SECRET;
 use crate::cli::bootstrap::{self, BootstrapArgs};
 
 /// Name of the static cluster pointing at the agent's SDS socket (Istio's name).
@@ -49,6 +49,9 @@ pub struct XdsTls {
     /// SNI sent and DNS SAN required of the control plane's certificate
     /// (`istiod.istio-system.svc`, which Sailplane's secure-port certificate carries).
     pub server_name: String,
+    /// SDS secret with the CAs that verify the control plane: `ROOTCA` (the mesh root), or
+    /// `file-root:<path>` for `XDS_ROOT_CA`.
+    pub root_secret: String,
 }
 
 /// What the agent's bootstrap adds to `sailplane bootstrap`'s.
@@ -72,9 +75,11 @@ fn sds_config() -> &'static str {
 }
 
 /// The `transport_socket` of a cluster that presents the workload certificate (`default`) and
-/// verifies the peer against the mesh root (`ROOTCA`) and the DNS SAN `server_name`.
-pub fn mtls_upstream_transport_socket(server_name: &str) -> Result<Value, EnvoyError> {
+/// verifies the peer against the CAs of the SDS secret `root_secret` (normally `ROOTCA`) and the DNS
+/// SAN `server_name`.
+pub fn mtls_upstream_transport_socket(server_name: &str, root_secret: &str) -> Result<Value, EnvoyError> {
     let sni = serde_json::Value::String(server_name.to_string());
+    let root = serde_json::Value::String(root_secret.to_string());
     yaml(&format!(
         r#"
 name: envoy.transport_sockets.tls
@@ -92,7 +97,7 @@ typed_config:
         - san_type: DNS
           matcher: {{exact: {sni}}}
       validation_context_sds_secret_config:
-        name: "{ROOT_SECRET}"
+        name: {root}
         sds_config: {sds}
 "#,
         sds = sds_config(),
@@ -147,7 +152,7 @@ pub fn render(options: &AgentBootstrap) -> Result<String, EnvoyError> {
             .find(|c| c.get("name").and_then(Value::as_str) == Some(XDS_CLUSTER))
             .and_then(Value::as_mapping_mut)
             .ok_or_else(|| EnvoyError::Bootstrap(format!("base bootstrap has no {XDS_CLUSTER} cluster")))?;
-        xds.insert(Value::from("transport_socket"), mtls_upstream_transport_socket(&tls.server_name)?);
+        xds.insert(Value::from("transport_socket"), mtls_upstream_transport_socket(&tls.server_name, &tls.root_secret)?);
     }
     clusters.push(sds_cluster(&absolute(&options.sds_socket))?);
     let body = serde_yaml_ng::to_string(&doc).map_err(|e| EnvoyError::Bootstrap(e.to_string()))?;
@@ -292,7 +297,7 @@ mod tests {
         let opts = AgentBootstrap {
             base: base(),
             sds_socket: PathBuf::from("/run/agent/SDS"),
-            xds_tls: Some(XdsTls { server_name: "istiod.istio-system.svc".into() }),
+            xds_tls: Some(XdsTls { server_name: "istiod.istio-system.svc".into(), root_secret: "ROOTCA".into() }),
         };
         let doc: Value = serde_yaml_ng::from_str(&render(&opts).unwrap()).unwrap();
         let clusters = doc["static_resources"]["clusters"].as_sequence().unwrap();

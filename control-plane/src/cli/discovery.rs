@@ -12,6 +12,9 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::admin::{self, AdminState};
+use crate::ca::server::{Authenticator, CaService, TokenAuthenticator, tls};
+use crate::ca::token::TokenAuthority;
+use crate::ca::{Authority, CaOptions};
 use crate::metrics::Metrics;
 use crate::push::{Debounce, Pusher};
 use crate::sources::files::{self, FileSource};
@@ -42,9 +45,37 @@ pub struct DiscoveryArgs {
     /// Push at the latest this long after the first change (PILOT_DEBOUNCE_MAX).
     #[arg(long, env = "PILOT_DEBOUNCE_MAX", default_value = "10s", value_parser = parse_duration)]
     pub debounce_max: Duration,
+    /// CA state directory: the self-signed root (created on first start and kept, so a restart keeps
+    /// the mesh's trust) and the key that signs `sailplane token create` tokens. Relative paths are
+    /// against the working directory; use the same directory for `sailplane token create`.
+    #[arg(long, env = "SAILPLANE_CA_DIR", default_value = DEFAULT_CA_DIR, value_name = "DIR")]
+    pub ca_dir: PathBuf,
+    /// Plug-in CA in Istio's `cacerts` layout (ca-cert.pem, ca-key.pem, root-cert.pem,
+    /// cert-chain.pem) to sign with instead of the self-signed root. The token key stays in --ca-dir.
+    #[arg(long, value_name = "DIR")]
+    pub cacerts: Option<PathBuf>,
+    /// gRPC-over-TLS port (istiod's 15012) serving the CA API
+    /// (`istio.v1.auth.IstioCertificateService`), with a server certificate from the CA for
+    /// istiod.istio-system.svc, sailplane, localhost, 127.0.0.1 and --listen-address. 0 disables it.
+    #[arg(long, default_value_t = 15012)]
+    pub secure_port: u16,
+    /// Longest workload certificate lifetime a request may ask for (MAX_WORKLOAD_CERT_TTL).
+    #[arg(long, env = "MAX_WORKLOAD_CERT_TTL", default_value = "90d", value_parser = parse_duration)]
+    pub max_workload_cert_ttl: Duration,
+    /// Workload certificate lifetime when a request names none (DEFAULT_WORKLOAD_CERT_TTL).
+    #[arg(long, env = "DEFAULT_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub workload_cert_ttl: Duration,
 }
 
-/// Parses `100ms`, `10s`, `2m`, `1h` or a bare number of seconds.
+/// Default CA state directory (relative to the working directory, so a local run needs no root
+/// permissions; in a container, pass a volume path).
+pub const DEFAULT_CA_DIR: &str = ".sailplane/ca";
+
+/// DNS names always in the secure port's server certificate: the name Istio's proxies and agents
+/// use for istiod (so an Istio sidecar can talk to Sailplane unchanged), and local names.
+const SECURE_PORT_NAMES: [&str; 4] = ["istiod.istio-system.svc", "sailplane", "localhost", "127.0.0.1"];
+
+/// Parses `100ms`, `10s`, `2m`, `1h`, `90d` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
@@ -55,7 +86,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
+        "d" => n * 86400.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m, h or d)")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
@@ -78,12 +110,50 @@ pub fn load_mesh_config(path: &PathBuf) -> anyhow::Result<MeshConfig> {
     MeshConfig::from_yaml_value(&value).map_err(|d| anyhow::anyhow!("mesh config {}: {d}", path.display()))
 }
 
+/// The CA's signing authority and the authenticators of its callers, from the CA flags.
+pub fn load_ca(args: &DiscoveryArgs, trust_domain: &str) -> anyhow::Result<(Arc<Authority>, Vec<Arc<dyn Authenticator>>)> {
+    anyhow::ensure!(
+        args.workload_cert_ttl <= args.max_workload_cert_ttl,
+        "--workload-cert-ttl {:?} is longer than --max-workload-cert-ttl {:?}",
+        args.workload_cert_ttl,
+        args.max_workload_cert_ttl
+    );
+    let options = CaOptions {
+        trust_domain: trust_domain.to_string(),
+        default_ttl: args.workload_cert_ttl,
+        max_ttl: args.max_workload_cert_ttl,
+        ..CaOptions::default()
+    };
+    let authority = match &args.cacerts {
+        Some(dir) => Authority::load_plugin(dir, options).with_context(|| format!("plug-in CA {}", dir.display()))?,
+        None => Authority::load_or_create_self_signed(&args.ca_dir, options)
+            .with_context(|| format!("self-signed CA in {}", args.ca_dir.display()))?,
+    };
+    let tokens = TokenAuthority::load_or_create(&args.ca_dir)
+        .with_context(|| format!("token key in {}", args.ca_dir.display()))?;
+    // Kubernetes mode adds a TokenReview authenticator here.
+    let authenticators: Vec<Arc<dyn Authenticator>> = vec![Arc::new(TokenAuthenticator::new(Arc::new(tokens)))];
+    Ok((Arc::new(authority), authenticators))
+}
+
+/// The secure port's TLS configuration: a CA-issued server certificate for the usual names plus the
+/// listen address (unless it is the unspecified address).
+pub fn secure_tls_config(authority: &Arc<Authority>, listen: IpAddr) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut names: Vec<String> = SECURE_PORT_NAMES.iter().map(|n| (*n).to_string()).collect();
+    if !listen.is_unspecified() && !names.contains(&listen.to_string()) {
+        names.push(listen.to_string());
+    }
+    let ttl = authority.options().default_ttl;
+    Ok(Arc::new(tls::server_config(Arc::clone(authority), names, ttl).context("secure port TLS")?))
+}
+
 /// Runs the control plane until interrupted.
 pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     let mesh = match &args.mesh_config {
         Some(p) => load_mesh_config(p)?,
         None => MeshConfig::default(),
     };
+    let (authority, authenticators) = load_ca(&args, &mesh.trust_domain)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let store = Arc::new(Store::new([files::SOURCE_NAME]));
@@ -99,6 +169,12 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     let mon_addr = SocketAddr::new(args.listen_address, args.monitoring_port);
     let mon_listener =
         TcpListener::bind(mon_addr).await.with_context(|| format!("binding monitoring port {mon_addr}"))?;
+    let secure_addr = SocketAddr::new(args.listen_address, args.secure_port);
+    let secure_listener = if args.secure_port == 0 {
+        None
+    } else {
+        Some(TcpListener::bind(secure_addr).await.with_context(|| format!("binding secure port {secure_addr}"))?)
+    };
 
     let xds = crate::xds::XdsServer::new(Arc::clone(&pusher) as Arc<dyn crate::xds::SnapshotSource>, &mut registry);
     let status = xds.status();
@@ -116,6 +192,19 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     });
     tasks.spawn(async move { xds.serve(xds_listener).await.context("xDS server") });
     tasks.spawn(async move { admin::serve(mon_listener, admin_state).await.context("monitoring server") });
+    if let Some(listener) = secure_listener {
+        let tls_config = secure_tls_config(&authority, args.listen_address)?;
+        // One tonic server for everything on the secure port: the CA now; ADS over mTLS is added to
+        // this router (`.add_service(..)`), and reads the caller's identity from `TlsConnectInfo`.
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(CaService::new(Arc::clone(&authority), authenticators).into_server());
+        tasks.spawn(async move {
+            router.serve_with_incoming(tls::incoming(listener, tls_config)).await.context("secure gRPC server")
+        });
+        info!(secure = %secure_addr, trust_domain = %authority.options().trust_domain, "CA serving on the secure port");
+    }
     info!(xds = %xds_addr, monitoring = %mon_addr, config = %args.config.display(), "sailplane discovery started");
 
     tokio::select! {
@@ -143,6 +232,7 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86400)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3 weeks").is_err());
     }

@@ -1,6 +1,8 @@
 //! Subcommands of the `sailplane` binary.
 
+pub mod agent;
 pub mod analyze;
 pub mod bootstrap;
 pub mod discovery;
+pub mod token;
 pub mod translate;
