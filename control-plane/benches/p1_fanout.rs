@@ -231,12 +231,18 @@ fn serve(args: &Args) {
                 "stats" => {
                     let (user, sys) = user_sys_ticks();
                     println!(
-                        "stats {} {} {} {} {user} {sys}",
+                        "stats {} {} {} {} {user} {sys} {}",
                         cpu_ns(),
                         proc_status_kb("VmRSS:"),
                         server.status().len(),
-                        server.body_encodes()
+                        server.body_encodes(),
+                        proc_status_kb("VmHWM:")
                     )
+                }
+                // Resets the peak RSS (VmHWM), so the peak of one phase can be read.
+                "reset-peak" => {
+                    let _ = std::fs::write("/proc/self/clear_refs", "5");
+                    println!("reset");
                 }
                 "quit" => break,
                 other => panic!("unknown command {other:?}"),
@@ -516,6 +522,7 @@ struct Stats {
     encodes: u64,
     user_ticks: u64,
     sys_ticks: u64,
+    peak_kb: u64,
 }
 
 impl ServerProc {
@@ -547,7 +554,7 @@ impl ServerProc {
     fn stats(&mut self) -> Stats {
         let line = self.command("stats");
         let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
-        Stats { cpu_ns: v[0], rss_kb: v[1], proxies: v[2], encodes: v[3], user_ticks: v[4], sys_ticks: v[5] }
+        Stats { cpu_ns: v[0], rss_kb: v[1], proxies: v[2], encodes: v[3], user_ticks: v[4], sys_ticks: v[5], peak_kb: v[6] }
     }
 }
 
@@ -590,6 +597,7 @@ struct RunResult {
     rss_empty_mb: f64,
     rss_before_mb: f64,
     rss_after_mb: f64,
+    rss_peak_push_mb: f64,
     response_kb: f64,
     encodes: u64,
 }
@@ -601,8 +609,8 @@ fn drive(args: &Args) {
         for run in 1..=args.runs {
             let r = rt.block_on(one_run(args, k));
             eprintln!(
-                "K={k} run {run}: last client {:.1} ms (p50 {:.1} ms), server CPU {:.1} ms (user {:.0}, sys {:.0}) for {:.1} MB = {:.3} ms/MB, client CPU {:.0} ms, RSS {:.1} -> {:.1} MB",
-                r.last_ms, r.p50_ms, r.cpu_ms, r.user_ms, r.sys_ms, r.mb_sent, r.cpu_ms_per_mb, r.client_cpu_ms, r.rss_before_mb, r.rss_after_mb
+                "K={k} run {run}: last client {:.1} ms (p50 {:.1} ms), server CPU {:.1} ms (user {:.0}, sys {:.0}) for {:.1} MB = {:.3} ms/MB, client CPU {:.0} ms, RSS {:.1} -> {:.1} MB (peak during push {:.1} MB)",
+                r.last_ms, r.p50_ms, r.cpu_ms, r.user_ms, r.sys_ms, r.mb_sent, r.cpu_ms_per_mb, r.client_cpu_ms, r.rss_before_mb, r.rss_after_mb, r.rss_peak_push_mb
             );
             results.push(r);
         }
@@ -610,14 +618,14 @@ fn drive(args: &Args) {
     println!();
     println!("P1 SotW fan-out: {} clusters, one connection per client, server in its own process", args.clusters);
     println!(
-        "| K | runs | response KB | last client ms | p50 client ms | server CPU ms (user/sys) | MB sent | server CPU ms/MB | client CPU ms | RSS empty MB | RSS K idle MB | RSS after push MB | initial fetch ms | body encodes |"
+        "| K | runs | response KB | last client ms | p50 client ms | server CPU ms (user/sys) | MB sent | server CPU ms/MB | client CPU ms | RSS empty MB | RSS K idle MB | RSS after push MB | peak RSS during push MB | initial fetch ms | body encodes |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &k in &args.clients {
         let rs: Vec<&RunResult> = results.iter().filter(|r| r.k == k).collect();
         let med = |f: fn(&RunResult) -> f64| median(rs.iter().map(|r| f(r)).collect());
         println!(
-            "| {k} | {} | {:.0} | {:.1} | {:.1} | {:.1} ({:.0}/{:.0}) | {:.1} | {:.3} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+            "| {k} | {} | {:.0} | {:.1} | {:.1} | {:.1} ({:.0}/{:.0}) | {:.1} | {:.3} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
             rs.len(),
             med(|r| r.response_kb),
             med(|r| r.last_ms),
@@ -631,6 +639,7 @@ fn drive(args: &Args) {
             med(|r| r.rss_empty_mb),
             med(|r| r.rss_before_mb),
             med(|r| r.rss_after_mb),
+            med(|r| r.rss_peak_push_mb),
             med(|r| r.initial_ms),
             rs.iter().map(|r| r.encodes).max().unwrap_or(0),
         );
@@ -693,6 +702,7 @@ async fn one_run(args: &Args, k: usize) -> RunResult {
     let before = tokio::task::block_in_place(|| server.stats());
     assert_eq!(before.proxies as usize, k);
 
+    assert_eq!(tokio::task::block_in_place(|| server.command("reset-peak")), "reset");
     let client_cpu0 = cpu_ns();
     let t0 = Instant::now();
     let reply = tokio::task::block_in_place(|| server.command("change"));
@@ -725,6 +735,7 @@ async fn one_run(args: &Args, k: usize) -> RunResult {
         rss_empty_mb: empty.rss_kb as f64 / 1024.0,
         rss_before_mb: before.rss_kb as f64 / 1024.0,
         rss_after_mb: after.rss_kb as f64 / 1024.0,
+        rss_peak_push_mb: after.peak_kb as f64 / 1024.0,
         response_kb: response_bytes as f64 / 1e3,
         encodes: after.encodes,
     }

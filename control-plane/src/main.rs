@@ -24,7 +24,8 @@ enum Command {
     Translate(cli::translate::TranslateArgs),
     /// Run the node agent next to an Envoy (like pilot-agent): workload certificate from the CA,
     /// SDS on a Unix socket, rotation, Envoy bootstrap, and optionally Envoy itself (--run-envoy).
-    Agent(cli::agent::AgentArgs),
+    // Boxed: the agent's flags make this variant much larger than the others.
+    Agent(Box<cli::agent::AgentArgs>),
     /// Bearer tokens for the CA in file mode (VMs and local proxies).
     Token(cli::token::TokenArgs),
 }
@@ -41,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(args) => {
             init_logging();
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(cli::agent::run(args))
+            runtime.block_on(cli::agent::run(*args))
         }
         Command::Token(args) => cli::token::run(&args),
         Command::Translate(args) => cli::translate::run(&args),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use sailplane_proto::istio::ca::IstioCertificateRequest;
+use sailplane_proto::istio::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use sailplane_proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -103,12 +103,22 @@ impl CaClient {
             .parse()
             .map_err(|_| call(tonic::Status::invalid_argument("the token is not a valid header value")))?;
         request.metadata_mut().insert("authorization", header);
-        let response = self.client.clone().create_certificate(request).await.map_err(call)?;
-        let chain = response.into_inner().cert_chain;
+        let chain = self.create_certificate(request).await.map_err(call)?.cert_chain;
         if chain.is_empty() {
             return Err(CaClientError::EmptyChain(self.addr.clone()));
         }
         Ok(chain)
+    }
+}
+
+impl CaClient {
+    /// The bare RPC over this client's TLS connection, with whatever metadata the caller set (tests
+    /// of the CA's refusals use it to leave the token out).
+    pub async fn create_certificate(
+        &self,
+        request: tonic::Request<IstioCertificateRequest>,
+    ) -> Result<IstioCertificateResponse, tonic::Status> {
+        Ok(self.client.clone().create_certificate(request).await?.into_inner())
     }
 }
 

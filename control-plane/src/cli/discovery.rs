@@ -110,8 +110,16 @@ pub fn load_mesh_config(path: &PathBuf) -> anyhow::Result<MeshConfig> {
     MeshConfig::from_yaml_value(&value).map_err(|d| anyhow::anyhow!("mesh config {}: {d}", path.display()))
 }
 
+/// The CA as the flags configure it.
+pub struct LoadedCa {
+    /// Signs workload certificates and the secure port's certificate.
+    pub authority: Arc<Authority>,
+    /// Who may ask, in order of trial.
+    pub authenticators: Vec<Arc<dyn Authenticator>>,
+}
+
 /// The CA's signing authority and the authenticators of its callers, from the CA flags.
-pub fn load_ca(args: &DiscoveryArgs, trust_domain: &str) -> anyhow::Result<(Arc<Authority>, Vec<Arc<dyn Authenticator>>)> {
+pub fn load_ca(args: &DiscoveryArgs, trust_domain: &str) -> anyhow::Result<LoadedCa> {
     anyhow::ensure!(
         args.workload_cert_ttl <= args.max_workload_cert_ttl,
         "--workload-cert-ttl {:?} is longer than --max-workload-cert-ttl {:?}",
@@ -133,7 +141,7 @@ pub fn load_ca(args: &DiscoveryArgs, trust_domain: &str) -> anyhow::Result<(Arc<
         .with_context(|| format!("token key in {}", args.ca_dir.display()))?;
     // Kubernetes mode adds a TokenReview authenticator here.
     let authenticators: Vec<Arc<dyn Authenticator>> = vec![Arc::new(TokenAuthenticator::new(Arc::new(tokens)))];
-    Ok((Arc::new(authority), authenticators))
+    Ok(LoadedCa { authority: Arc::new(authority), authenticators })
 }
 
 /// The secure port's TLS configuration: a CA-issued server certificate for the usual names plus the
@@ -153,7 +161,7 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
         Some(p) => load_mesh_config(p)?,
         None => MeshConfig::default(),
     };
-    let (authority, authenticators) = load_ca(&args, &mesh.trust_domain)?;
+    let LoadedCa { authority, authenticators } = load_ca(&args, &mesh.trust_domain)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let store = Arc::new(Store::new([files::SOURCE_NAME]));
@@ -165,7 +173,7 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     ));
 
     let xds_addr = SocketAddr::new(args.listen_address, args.xds_port);
-    let xds_listener = TcpListener::bind(xds_addr).await.with_context(|| format!("binding xDS port {xds_addr}"))?;
+    let xds_listener = crate::xds::listen(xds_addr).with_context(|| format!("binding xDS port {xds_addr}"))?;
     let mon_addr = SocketAddr::new(args.listen_address, args.monitoring_port);
     let mon_listener =
         TcpListener::bind(mon_addr).await.with_context(|| format!("binding monitoring port {mon_addr}"))?;
