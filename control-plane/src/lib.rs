@@ -14,4 +14,5 @@ pub mod proxy;
 pub mod push;
 pub mod sources;
 pub mod store;
+pub mod webhook;
 pub mod xds;

@@ -7,6 +7,8 @@
 //!    the bootstrap, Envoy fetches `default`/`ROOTCA` over SDS and completes mTLS to the secure port,
 //!    the supervisor restarts Envoy when it exits, and SIGTERM stops both.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions unwrap too
+
 mod ca_support;
 
 use std::path::{Path, PathBuf};
@@ -326,4 +328,36 @@ async fn agent_binary_runs_and_supervises_envoy() {
     assert!(admin(admin_port, "GET", "/ready").await.is_none(), "envoy stopped with the agent");
     assert!(!socket.exists(), "sds socket removed");
     ca.stop().await;
+}
+
+/// Both bootstrap variants the agent writes (plaintext xDS; mTLS xDS with SDS certificates) are
+/// accepted by Envoy.
+#[test]
+fn envoy_validates_the_agent_bootstraps() {
+    use clap::Parser;
+    use sailplane::cli::agent::{AgentArgs, bootstrap_options};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AgentArgs,
+    }
+
+    let envoy = envoy_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("SDS");
+    for extra in [&[][..], &["--xds-tls", "--xds-address", "127.0.0.1:15012"][..], &["--xds-tls", "--xds-root-ca", "/etc/x.pem"][..]] {
+        let argv = ["agent", "--pod", "p", "--namespace", "ns", "--sds-socket", socket.to_str().unwrap()];
+        let args = Cli::try_parse_from(argv.iter().chain(extra.iter())).unwrap().args;
+        let file = dir.path().join("bootstrap.yaml");
+        sailplane::agent::envoy::write(&bootstrap_options(&args), &file).unwrap();
+        let out = Command::new(&envoy).args(["--mode", "validate", "--log-level", "error", "-c"]).arg(&file).output().unwrap();
+        assert!(
+            out.status.success(),
+            "envoy rejected the bootstrap for {extra:?}:\n{}\n{}\n{}",
+            std::fs::read_to_string(&file).unwrap(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

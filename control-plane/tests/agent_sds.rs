@@ -3,6 +3,8 @@
 //! the OUTPUT_CERTS files, `file-cert:`/`file-root:` secrets follow their files, and a stream opened
 //! before the first certificate exists gets it when it arrives.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions unwrap too
+
 mod ca_support;
 
 use std::os::unix::fs::PermissionsExt;

@@ -2,6 +2,8 @@
 //! certificate for istiod's name, the trust domain comes from the mesh config, the self-signed root
 //! survives a restart, `--max-workload-cert-ttl` is enforced, and `--cacerts` plugs in an external CA.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions unwrap too
+
 mod ca_support;
 
 use std::path::Path;

@@ -2,6 +2,8 @@
 //! for CSRs asking for someone else's identity, for lifetimes over the maximum, and across a
 //! restart of the CA; and the secure port's optional client certificates.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions unwrap too
+
 mod ca_support;
 
 use std::sync::Arc;

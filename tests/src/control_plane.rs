@@ -20,6 +20,8 @@ pub struct ControlPlane {
     pub xds_port: u16,
     /// Debug and metrics port on 127.0.0.1.
     pub monitoring_port: u16,
+    /// Secure gRPC port (CA API over TLS) on 127.0.0.1; the CA's state is in the scratch directory.
+    pub secure_port: u16,
     log: PathBuf,
     _scratch: TempDir,
 }
@@ -35,6 +37,8 @@ impl ControlPlane {
         let bin = paths::sailplane_bin()?;
         let xds_port = ports::free_port()?;
         let monitoring_port = ports::free_port()?;
+        // Its own secure port and CA directory: tests run control planes in parallel.
+        let secure_port = ports::free_port()?;
         let scratch = tempfile::Builder::new().prefix("sailplane-cp-").tempdir()?;
         let log = scratch.path().join("sailplane.log");
         let out = File::create(&log)?;
@@ -46,6 +50,9 @@ impl ControlPlane {
             .args(["--listen-address", "127.0.0.1"])
             .args(["--xds-port", &xds_port.to_string()])
             .args(["--monitoring-port", &monitoring_port.to_string()])
+            .args(["--secure-port", &secure_port.to_string()])
+            .arg("--ca-dir")
+            .arg(scratch.path().join("ca"))
             .args(extra)
             .env("SAILPLANE_LOG", std::env::var("SAILPLANE_LOG").unwrap_or_else(|_| "info,sailplane=debug".into()))
             // The log goes to a file that people read: no colour escapes.
@@ -59,6 +66,7 @@ impl ControlPlane {
             child,
             xds_port,
             monitoring_port,
+            secure_port,
             log,
             _scratch: scratch,
         };

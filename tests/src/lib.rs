@@ -11,6 +11,8 @@
 //! - [`EchoServer`]: an HTTP backend answering with its own name, so a test can tell who answered.
 //! - [`ConfigDir`]: the directory the control plane watches, with atomic writes and removals.
 //! - [`fixtures`]: Kubernetes and Istio objects as YAML.
+//! - [`traffic`]: backends as Services, requests with headers and full replies, waiting for a
+//!   virtual host in Envoy's config (the traffic-management cases).
 //!
 //! Everything spawned is killed when its handle is dropped, and its log tail is printed then (test
 //! output is captured, so it shows only for failing tests). A missing Envoy or control plane binary is
@@ -24,6 +26,7 @@ pub mod fixtures;
 pub mod http;
 pub mod paths;
 pub mod ports;
+pub mod traffic;
 pub mod wait;
 
 pub use config_dir::ConfigDir;

@@ -83,14 +83,15 @@ fn bench(c: &mut Criterion) {
     c.bench_function("sidecar_1000_services_cds", |b| {
         b.iter(|| {
             let mut s = ResourceSet::new();
-            cluster::build_clusters(&ctx, &mut s);
+            cluster::build_clusters(&ctx, &mut s, false);
             s
         })
     });
     c.bench_function("sidecar_1000_services_eds", |b| {
         b.iter(|| {
             let mut s = ResourceSet::new();
-            endpoint::build_endpoints(&ctx, &mut s);
+            let eds = cluster::build_clusters(&ctx, &mut ResourceSet::new(), false);
+            endpoint::build_endpoints(&eds, &mut s);
             s
         })
     });

@@ -145,6 +145,17 @@ pub fn inbound_vhost(service_port: u16) -> String {
     format!("inbound|http|{service_port}")
 }
 
+/// Gateway route configuration of plain HTTP servers on a listener port: `http.8080`.
+pub fn gateway_http_route(listener_port: u16) -> String {
+    format!("http.{listener_port}")
+}
+
+/// Gateway route configuration of one HTTPS server terminating TLS:
+/// `https.<serverPort>.<portName>.<gateway>.<namespace>`.
+pub fn gateway_https_route(server_port: u16, port_name: &str, gateway: &str, namespace: &str) -> String {
+    format!("https.{server_port}.{port_name}.{gateway}.{namespace}")
+}
+
 /// Stat prefixes carry a trailing `;` so Istio's stats tooling can split them.
 pub fn delimited_stat_prefix(prefix: &str) -> String {
     format!("{prefix};")
@@ -225,6 +236,8 @@ mod tests {
         assert_eq!(outbound_hcm_stat_prefix("0.0.0.0_9080"), "outbound_0.0.0.0_9080;");
         assert_eq!(trace_operation("", 0), ":0/*");
         assert_eq!(trace_operation("a.com", 80), "a.com:80/*");
+        assert_eq!(gateway_http_route(8080), "http.8080");
+        assert_eq!(gateway_https_route(443, "https", "gw", "istio-system"), "https.443.https.gw.istio-system");
     }
 
     #[test]

@@ -73,14 +73,20 @@ impl SdsService {
 }
 
 /// Binds the SDS Unix socket at `path`: creates its directory, removes a stale socket left by a
-/// previous run (the path is ours; a live agent on the same path would be a configuration error).
+/// previous run (the path is ours; a live agent on the same path would be a configuration error),
+/// and refuses to replace anything that is not a socket.
 pub fn bind(path: &Path) -> Result<UnixListener, SdsError> {
     let err = |source| SdsError::Socket { path: path.display().to_string(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => debug!(path = %path.display(), "removed a stale sds socket"),
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path).map_err(err)?;
+            debug!(path = %path.display(), "removed a stale sds socket");
+        }
+        // Never delete something that is not a socket: the path is probably a mistake.
+        Ok(_) => return Err(err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a socket"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
@@ -318,5 +324,33 @@ impl SecretDiscoveryService for SdsService {
             .ok_or_else(|| Status::unavailable(format!("none of {names:?} is available yet")))?;
         response.nonce = self.next_nonce();
         Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bind_replaces_stale_sockets_but_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/SDS");
+        let first = bind(&path).unwrap();
+        drop(first);
+        // The socket file is left behind by the dropped listener: a restart must still bind.
+        assert!(path.exists());
+        let _second = bind(&path).unwrap();
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "data").unwrap();
+        assert!(matches!(bind(&file), Err(SdsError::Socket { .. })));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "data", "left untouched");
+    }
+
+    #[test]
+    fn only_the_secret_type_is_served() {
+        assert!(check_type("").is_ok());
+        assert!(check_type(SECRET_TYPE_URL).is_ok());
+        let st = check_type("type.googleapis.com/envoy.config.cluster.v3.Cluster").unwrap_err();
+        assert_eq!(st.code(), tonic::Code::InvalidArgument);
     }
 }

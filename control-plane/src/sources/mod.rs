@@ -2,4 +2,5 @@
 //! [`crate::store::Store`] as [`crate::store::ConfigEvent`]s.
 
 pub mod files;
+pub mod kube;
 pub mod yaml;

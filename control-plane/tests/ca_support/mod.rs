@@ -3,6 +3,7 @@
 //! certificate inspection, a tonic channel over a Unix socket (SDS), and Envoy lookup.
 
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
 
 use std::future::Future;
 use std::net::SocketAddr;

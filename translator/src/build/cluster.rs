@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbConfig, LbPolicy,
     OriginalDstLbConfig,
 };
-use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, circuit_breakers::Thresholds};
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     BindConfig, Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpProtocolOptions,
     SocketAddress, TypedExtensionConfig, socket_address,
@@ -23,8 +23,10 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 
 use super::endpoint::{EndpointFilter, locality_lb_endpoints};
-use super::{CONNECT_TIMEOUT_SECS, Ctx, ads_config_source, any, secs, wire};
-use crate::model::{Location, NodeType, Protocol, Resolution, Service, ServiceOrigin, ServicePort};
+use super::{CONNECT_TIMEOUT_SECS, Ctx, ads_config_source, any, policy, secs, tls, wire};
+use crate::api::istio::{DestinationRuleSpec, SimpleLb};
+use crate::model::config::{merge_subset_policy, port_level_policy};
+use crate::model::{Labels, Location, NodeType, Protocol, Resolution, Service, ServiceOrigin, ServicePort};
 use crate::names;
 use crate::resources::{ResourceSet, TypeUrl};
 
@@ -45,17 +47,21 @@ const DNS_JITTER_MS: i64 = 100;
 /// MeshConfig `dnsRefreshRate` default.
 const DNS_REFRESH_SECS: i64 = 60;
 
-/// A cluster plus the metadata to append after encoding it.
+/// A cluster plus what is encoded separately: its upstream HTTP options (shaped by several
+/// policies before they are packed) and its `filter_metadata.istio`.
 #[derive(Debug, Clone)]
 pub struct ClusterOut {
-    /// The cluster (its `metadata` left empty).
+    /// The cluster (its `metadata` and HTTP protocol options left empty).
     pub cluster: Cluster,
+    /// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`, if any.
+    pub http: Option<HttpProtocolOptions>,
     /// `filter_metadata.istio`, encoded separately (see [`wire`]).
     pub metadata: Option<wire::Struct>,
 }
 
 impl ClusterOut {
-    fn add_to(&self, set: &mut ResourceSet) {
+    fn add_to(mut self, set: &mut ResourceSet) {
+        set_http_options(&mut self.cluster, self.http.take());
         match &self.metadata {
             Some(m) => {
                 let extra = wire::metadata_field(CLUSTER_METADATA_TAG, &[("istio", m)]);
@@ -66,12 +72,41 @@ impl ClusterOut {
     }
 }
 
-/// Adds every cluster of the proxy to `set`.
-pub fn build_clusters(ctx: &Ctx<'_>, set: &mut ResourceSet) {
+/// Names the clusters of a service port are built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// `outbound|<port>|<subset>|<host>`, with upstream TLS.
+    Outbound,
+    /// `outbound_.<port>_.<subset>_.<host>` for AUTO_PASSTHROUGH gateways: no TLS of their own,
+    /// they forward the client's mTLS untouched.
+    SniDnat,
+}
+
+/// An EDS cluster whose `ClusterLoadAssignment` the proxy needs.
+#[derive(Debug, Clone)]
+pub struct EdsTarget<'a> {
+    /// EDS service name (the cluster name).
+    pub name: String,
+    /// The service.
+    pub service: &'a Service,
+    /// Its port.
+    pub port: &'a ServicePort,
+    /// Subset labels endpoints must carry.
+    pub labels: Option<Labels>,
+}
+
+/// Adds every cluster of the proxy to `set` and returns the EDS clusters to answer. Gateways
+/// with an AUTO_PASSTHROUGH server (`sni_dnat`) also get the SNI-named clusters of mesh services.
+pub fn build_clusters<'a>(ctx: &Ctx<'a>, set: &mut ResourceSet, sni_dnat: bool) -> Vec<EdsTarget<'a>> {
+    let mut eds = Vec::with_capacity(ctx.services.len());
     for svc in &ctx.services {
+        let rule = ctx.destination_rule(&svc.hostname);
+        let spec = rule.as_ref().map(|r| r.spec.as_ref());
+        let config_path = rule.as_ref().map(|r| r.primary().config_path());
         for port in &svc.ports {
-            if let Some(c) = outbound_cluster(ctx, svc, port) {
-                c.add_to(set);
+            service_clusters(ctx, svc, port, spec, config_path.as_deref(), ClusterMode::Outbound, &mut eds, set);
+            if sni_dnat && svc.location == Location::MeshInternal {
+                service_clusters(ctx, svc, port, spec, config_path.as_deref(), ClusterMode::SniDnat, &mut eds, set);
             }
         }
     }
@@ -79,7 +114,7 @@ pub fn build_clusters(ctx: &Ctx<'_>, set: &mut ResourceSet) {
     set.add(TypeUrl::Cluster, blackhole.name.clone(), &blackhole);
     if ctx.proxy.node_type == NodeType::Router {
         // Gateways have no original-destination listeners, so no passthrough clusters.
-        return;
+        return eds;
     }
     let passthrough = passthrough_cluster(names::PASSTHROUGH_CLUSTER);
     set.add(TypeUrl::Cluster, passthrough.name.clone(), &passthrough);
@@ -88,6 +123,124 @@ pub fn build_clusters(ctx: &Ctx<'_>, set: &mut ResourceSet) {
     }
     let inbound_passthrough = inbound_passthrough_cluster();
     set.add(TypeUrl::Cluster, inbound_passthrough.name.clone(), &inbound_passthrough);
+    eds
+}
+
+/// The default cluster of a service port and one cluster per DestinationRule subset (istiod's
+/// `buildOutboundClusters` + `applyDestinationRule`).
+#[allow(clippy::too_many_arguments)]
+fn service_clusters<'a>(
+    ctx: &Ctx<'a>,
+    svc: &'a Service,
+    port: &'a ServicePort,
+    rule: Option<&DestinationRuleSpec>,
+    config_path: Option<&str>,
+    mode: ClusterMode,
+    eds: &mut Vec<EdsTarget<'a>>,
+    set: &mut ResourceSet,
+) {
+    let name_of = |subset: &str| match mode {
+        ClusterMode::Outbound => names::outbound_cluster(port.port, subset, &svc.hostname),
+        ClusterMode::SniDnat => names::sni_cluster(port.port, subset, &svc.hostname),
+    };
+    let dtype = discovery_type(ctx.proxy.node_type, svc);
+    let Some(mut default) = service_cluster(ctx, svc, port, name_of(""), dtype, None) else {
+        return;
+    };
+    let policy = port_level_policy(rule.and_then(|r| r.traffic_policy.as_ref()), port.port);
+    policy::apply_traffic_policy(&mut default, policy.as_ref(), port);
+    if mode == ClusterMode::Outbound {
+        tls::apply_upstream_tls(
+            ctx,
+            &mut default,
+            svc,
+            port,
+            policy.as_ref().and_then(|p| p.tls.as_ref()),
+            &names::sni_cluster(port.port, "", &svc.hostname),
+        );
+    }
+    let parent_type = cluster_type(&default.cluster);
+    let external = svc.location == Location::MeshExternal;
+    default.metadata = Some(cluster_metadata(svc, config_path, external, None));
+    finish(default, svc, port, None, eds, set);
+    let Some(rule) = rule else { return };
+    for subset in &rule.subsets {
+        let subset_policy = merge_subset_policy(policy.clone(), subset.traffic_policy.as_ref(), port.port);
+        let passthrough = subset
+            .traffic_policy
+            .as_ref()
+            .and_then(|t| t.load_balancer.as_ref())
+            .and_then(|l| l.simple)
+            == Some(SimpleLb::Passthrough);
+        let ctype = if passthrough { DiscoveryType::OriginalDst } else { parent_type };
+        let Some(mut c) = service_cluster(ctx, svc, port, name_of(&subset.name), ctype, Some(&subset.labels)) else {
+            continue;
+        };
+        policy::apply_traffic_policy(&mut c, subset_policy.as_ref(), port);
+        if mode == ClusterMode::Outbound {
+            tls::apply_upstream_tls(
+                ctx,
+                &mut c,
+                svc,
+                port,
+                subset_policy.as_ref().and_then(|p| p.tls.as_ref()),
+                &names::sni_cluster(port.port, &subset.name, &svc.hostname),
+            );
+        }
+        // istiod marks only the default cluster of a MESH_EXTERNAL service as external.
+        c.metadata = Some(cluster_metadata(svc, config_path, false, Some(&subset.name)));
+        finish(c, svc, port, Some(&subset.labels), eds, set);
+    }
+}
+
+fn cluster_type(c: &Cluster) -> DiscoveryType {
+    match c.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(t).unwrap_or(DiscoveryType::Eds),
+        _ => DiscoveryType::Eds,
+    }
+}
+
+/// Points an EDS cluster at ADS under its own name, records the EDS answer it needs, and adds it.
+fn finish<'a>(
+    mut c: ClusterOut,
+    svc: &'a Service,
+    port: &'a ServicePort,
+    labels: Option<&Labels>,
+    eds: &mut Vec<EdsTarget<'a>>,
+    set: &mut ResourceSet,
+) {
+    if cluster_type(&c.cluster) == DiscoveryType::Eds {
+        c.cluster.eds_cluster_config = Some(EdsClusterConfig {
+            eds_config: ads_config_source(),
+            service_name: c.cluster.name.clone(),
+        });
+        eds.push(EdsTarget {
+            name: c.cluster.name.clone(),
+            service: svc,
+            port,
+            labels: labels.cloned(),
+        });
+    } else {
+        c.cluster.eds_cluster_config = None;
+    }
+    c.add_to(set);
+}
+
+/// `filter_metadata.istio` of an outbound cluster: `config` (the DestinationRule), `external`,
+/// `services`, `subset` (keys in sorted order, see [`wire`]).
+fn cluster_metadata(svc: &Service, config: Option<&str>, external: bool, subset: Option<&str>) -> wire::Struct {
+    let mut fields: Vec<(&str, wire::Value)> = Vec::with_capacity(4);
+    if let Some(c) = config {
+        fields.push(("config", wire::Value::string(c)));
+    }
+    if external {
+        fields.push(("external", wire::Value::bool(true)));
+    }
+    fields.push(("services", wire::Value::list(&[service_metadata(svc)])));
+    if let Some(s) = subset {
+        fields.push(("subset", wire::Value::string(s)));
+    }
+    wire::Struct::new(&fields)
 }
 
 /// The Envoy discovery type for a service, as istiod's `convertResolution`.
@@ -105,16 +258,8 @@ pub fn discovery_type(node: NodeType, svc: &Service) -> DiscoveryType {
 /// Istio's default circuit breakers: everything at `u32::MAX` (Envoy's default of 3 retries is
 /// too low during pod churn), tracking remaining capacity.
 fn default_circuit_breakers() -> Option<CircuitBreakers> {
-    let max = Some(UInt32Value { value: u32::MAX });
     Some(CircuitBreakers {
-        thresholds: vec![Thresholds {
-            max_connections: max,
-            max_pending_requests: max,
-            max_requests: max,
-            max_retries: max,
-            track_remaining: true,
-            ..Default::default()
-        }],
+        thresholds: vec![policy::default_thresholds()],
         ..Default::default()
     })
 }
@@ -177,28 +322,29 @@ fn service_metadata(svc: &Service) -> wire::Value {
     ])
 }
 
-/// The default outbound cluster `outbound|<port>||<host>` of one service port.
-///
-/// Seam for DestinationRule: traffic policy (load balancer, connection pool, outlier detection,
-/// TLS) and subset clusters are applied to the returned cluster.
+/// One outbound cluster of a service port, before any DestinationRule: discovery from the
+/// resolution, inline endpoints for DNS (filtered by subset `labels`), upstream HTTP options from
+/// the port protocol. `None` for a DNS cluster without endpoints (istiod drops those: they could
+/// never connect).
 // istiod still sets the DNS fields Envoy deprecated in favour of the DNS cluster extension; Envoy
 // 1.40 accepts them and Istio tooling reads them there.
 #[allow(deprecated)]
-pub fn outbound_cluster(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort) -> Option<ClusterOut> {
+pub fn service_cluster(
+    ctx: &Ctx<'_>,
+    svc: &Service,
+    port: &ServicePort,
+    name: String,
+    dtype: DiscoveryType,
+    labels: Option<&Labels>,
+) -> Option<ClusterOut> {
     let node = ctx.proxy.node_type;
-    let dtype = discovery_type(node, svc);
-    let name = names::outbound_cluster(port.port, "", &svc.hostname);
     let mut c = base_cluster(name, dtype);
     match dtype {
         DiscoveryType::Eds => {
-            c.eds_cluster_config = Some(EdsClusterConfig {
-                eds_config: ads_config_source(),
-                service_name: c.name.clone(),
-            });
             c.lb_policy = LbPolicy::LeastRequest as i32;
         }
         DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
-            let mut endpoints = locality_lb_endpoints(svc, port, EndpointFilter::Dns);
+            let mut endpoints = locality_lb_endpoints(svc, port, EndpointFilter::Dns, labels);
             if dtype == DiscoveryType::LogicalDns {
                 // Envoy accepts exactly one endpoint in a LOGICAL_DNS cluster (validation allows one
                 // per ServiceEntry, but a workloadSelector can still select several).
@@ -209,7 +355,6 @@ pub fn outbound_cluster(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort) -> Opt
                 }
             }
             if endpoints.is_empty() {
-                // istiod drops DNS clusters without endpoints (they could never connect).
                 return None;
             }
             // Proxies here are IPv4 (Istio picks the family from the proxy's addresses).
@@ -246,16 +391,10 @@ pub fn outbound_cluster(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort) -> Opt
             }
         }
     }
-    set_http_options(&mut c, upstream_http_options(node, port.protocol));
-    let services = ("services", wire::Value::list(&[service_metadata(svc)]));
-    let istio = if svc.location == Location::MeshExternal {
-        wire::Struct::new(&[("external", wire::Value::bool(true)), services])
-    } else {
-        wire::Struct::new(&[services])
-    };
     Some(ClusterOut {
         cluster: c,
-        metadata: Some(istio),
+        http: upstream_http_options(node, port.protocol),
+        metadata: None,
     })
 }
 
@@ -338,7 +477,6 @@ pub fn inbound_clusters(ctx: &Ctx<'_>) -> Vec<ClusterOut> {
             c.lb_policy = LbPolicy::ClusterProvided as i32;
             c.cleanup_interval = secs(MAX_CLEANUP_INTERVAL_SECS);
             c.upstream_bind_config = inbound_bind_config();
-            set_http_options(&mut c, upstream_http_options(NodeType::Sidecar, t.port.protocol));
             // Telemetry metadata lists every own service behind this target port with the same
             // service port as the chosen one.
             let mut services = Vec::new();
@@ -350,6 +488,7 @@ pub fn inbound_clusters(ctx: &Ctx<'_>) -> Vec<ClusterOut> {
             }
             ClusterOut {
                 cluster: c,
+                http: upstream_http_options(NodeType::Sidecar, t.port.protocol),
                 metadata: Some(wire::Struct::new(&[("services", wire::Value::list(&services))])),
             }
         })
@@ -405,7 +544,7 @@ mod tests {
         let world = mk_world(vec![s.clone()]);
         let proxy = sidecar("default");
         let ctx = Ctx::new(&world, &proxy);
-        let c = outbound_cluster(&ctx, &s, &s.ports[0]).unwrap().cluster;
+        let c = service_cluster(&ctx, &s, &s.ports[0], "c".into(), DiscoveryType::OriginalDst, None).unwrap().cluster;
         assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32);
         let Some(LbConfig::OriginalDstLbConfig(o)) = c.lb_config else { panic!("no original_dst_lb_config") };
         assert_eq!(o.upstream_port_override.unwrap().value, 7001);
@@ -417,12 +556,15 @@ mod tests {
         let world = mk_world(vec![s.clone()]);
         let proxy = ProxyProfile::default();
         let ctx = Ctx::new(&world, &proxy);
-        let out = outbound_cluster(&ctx, &s, &s.ports[0]).unwrap();
+        let mut set = ResourceSet::new();
+        let eds = build_clusters(&ctx, &mut set, false);
+        assert!(eds.is_empty());
         let want = wire::Struct::new(&[
             ("external", wire::Value::bool(true)),
             ("services", wire::Value::list(&[service_metadata(&s)])),
         ]);
-        assert_eq!(out.metadata, Some(want));
+        assert_eq!(cluster_metadata(&s, None, true, None), want);
+        let out = service_cluster(&ctx, &s, &s.ports[0], "c".into(), DiscoveryType::StrictDns, None).unwrap();
         assert_eq!(out.cluster.load_assignment.unwrap().endpoints.len(), 1);
     }
 }

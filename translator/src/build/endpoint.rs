@@ -14,13 +14,10 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::{Struct, UInt32Value, Value, value};
 
-use super::Ctx;
-use super::cluster::discovery_type;
-use crate::model::{Endpoint, Resolution, Service, ServicePort};
+use super::cluster::EdsTarget;
+use crate::model::{Endpoint, Labels, Resolution, Service, ServicePort};
 use crate::names;
 use crate::resources::{ResourceSet, TypeUrl};
-
-use envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType;
 
 /// Filter metadata key Envoy matches `transport_socket_matches` against.
 pub const TRANSPORT_SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";
@@ -34,16 +31,16 @@ pub enum EndpointFilter {
     Dns,
 }
 
-/// Adds a `ClusterLoadAssignment` for every EDS cluster of the proxy.
-pub fn build_endpoints(ctx: &Ctx<'_>, set: &mut ResourceSet) {
-    for svc in &ctx.services {
-        if discovery_type(ctx.proxy.node_type, svc) != DiscoveryType::Eds {
-            continue;
-        }
-        for port in &svc.ports {
-            let cla = cluster_load_assignment(svc, port);
-            set.add(TypeUrl::Endpoint, cla.cluster_name.clone(), &cla);
-        }
+/// Adds the `ClusterLoadAssignment` of every EDS cluster of the proxy (default and subset
+/// clusters alike: a subset's endpoints are those carrying all its labels).
+pub fn build_endpoints(targets: &[EdsTarget<'_>], set: &mut ResourceSet) {
+    for t in targets {
+        let cla = ClusterLoadAssignment {
+            cluster_name: t.name.clone(),
+            endpoints: locality_lb_endpoints(t.service, t.port, EndpointFilter::Eds, t.labels.as_ref()),
+            ..Default::default()
+        };
+        set.add(TypeUrl::Endpoint, t.name.clone(), &cla);
     }
 }
 
@@ -52,7 +49,7 @@ pub fn build_endpoints(ctx: &Ctx<'_>, set: &mut ResourceSet) {
 pub fn cluster_load_assignment(svc: &Service, port: &ServicePort) -> ClusterLoadAssignment {
     ClusterLoadAssignment {
         cluster_name: names::outbound_cluster(port.port, "", &svc.hostname),
-        endpoints: locality_lb_endpoints(svc, port, EndpointFilter::Eds),
+        endpoints: locality_lb_endpoints(svc, port, EndpointFilter::Eds, None),
         ..Default::default()
     }
 }
@@ -101,11 +98,18 @@ fn lb_endpoint(ep: &Endpoint, port: u16) -> LbEndpoint {
     }
 }
 
-/// Endpoints of one service port, grouped by locality (sorted by locality label).
-pub fn locality_lb_endpoints(svc: &Service, port: &ServicePort, filter: EndpointFilter) -> Vec<LocalityLbEndpoints> {
+/// Endpoints of one service port, grouped by locality (sorted by locality label); with subset
+/// `labels`, only endpoints carrying all of them.
+pub fn locality_lb_endpoints(
+    svc: &Service,
+    port: &ServicePort,
+    filter: EndpointFilter,
+    labels: Option<&Labels>,
+) -> Vec<LocalityLbEndpoints> {
     let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    let wanted = |ep: &Endpoint| labels.is_none_or(|l| l.iter().all(|(k, v)| ep.labels.get(k) == Some(v)));
     for ep in &svc.endpoints {
-        if !ep.ready {
+        if !ep.ready || !wanted(ep) {
             continue;
         }
         if filter == EndpointFilter::Eds && !is_ip(&ep.address) {
@@ -122,6 +126,7 @@ pub fn locality_lb_endpoints(svc: &Service, port: &ServicePort, filter: Endpoint
             .push(lb_endpoint(ep, p));
     }
     if by_locality.is_empty()
+        && labels.is_none_or(|l| l.is_empty())
         && filter == EndpointFilter::Dns
         && matches!(svc.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
         && svc.selector.is_none()
@@ -239,7 +244,7 @@ mod tests {
     #[case(EndpointFilter::Dns, 1)]
     fn hostnames_only_in_dns_clusters(#[case] filter: EndpointFilter, #[case] want: usize) {
         let (s, p) = svc(Resolution::Dns, ServiceOrigin::ServiceEntry, vec![ep("db.example.com", true, false, 0, None)]);
-        let n: usize = locality_lb_endpoints(&s, &p, filter).iter().map(|l| l.lb_endpoints.len()).sum();
+        let n: usize = locality_lb_endpoints(&s, &p, filter, None).iter().map(|l| l.lb_endpoints.len()).sum();
         assert_eq!(n, want);
     }
 
@@ -247,7 +252,7 @@ mod tests {
     fn dns_service_without_endpoints_resolves_its_host() {
         let (s, mut p) = svc(Resolution::Dns, ServiceOrigin::ServiceEntry, vec![]);
         p.target_port = Some(8443);
-        let l = locality_lb_endpoints(&s, &p, EndpointFilter::Dns);
+        let l = locality_lb_endpoints(&s, &p, EndpointFilter::Dns, None);
         let lb_endpoint::HostIdentifier::Endpoint(e) = l[0].lb_endpoints[0].host_identifier.clone().unwrap() else {
             panic!("not an endpoint")
         };

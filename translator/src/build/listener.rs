@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection};
+use envoy_types::pb::envoy::config::core::v3::{CidrRange, Metadata, TrafficDirection};
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, ListenerFilterChainMatchPredicate, filter,
     listener_filter, listener_filter_chain_match_predicate::{MatchSet, Rule},
@@ -38,15 +38,19 @@ use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, TransportSo
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
+use super::http_route::{destination_cluster, proto_duration, virtual_service_metadata};
 use super::route::inbound_route_config;
-use super::{Ctx, InboundTarget, ads_config_source, any, secs, socket_addr};
+use super::{Ctx, InboundTarget, ads_config_source, any, secs, socket_addr, virtual_service};
+use crate::api::istio::RouteDestination;
+use crate::model::config::{VirtualServiceConfig, port_level_policy};
+use crate::model::host::MESH_GATEWAY;
 use crate::model::{InterceptionMode, OutboundTrafficPolicy, Protocol, Resolution, Service, ServiceOrigin, ServicePort};
 use crate::names;
 use crate::resources::{ResourceSet, TypeUrl};
 
 /// Filter names Envoy knows these configs by.
-const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
-const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
+pub(crate) const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+pub(crate) const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
 const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
 const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
@@ -59,7 +63,7 @@ const PLAINTEXT_HTTP_ALPNS: [&str; 2] = ["http/1.1", "h2c"];
 /// ALPNs of Istio mTLS clients.
 const MTLS_HTTP_ALPNS: [&str; 3] = ["istio-http/1.0", "istio-http/1.1", "istio-h2"];
 const MTLS_TCP_ALPNS: [&str; 2] = ["istio-peer-exchange", "istio"];
-const ALL_ISTIO_MTLS_ALPNS: [&str; 5] = ["istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"];
+pub(crate) const ALL_ISTIO_MTLS_ALPNS: [&str; 5] = ["istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"];
 
 /// Adds the proxy's listeners to `set` and returns the RDS names they reference.
 pub fn build_listeners(ctx: &Ctx<'_>, set: &mut ResourceSet) -> BTreeSet<String> {
@@ -112,6 +116,8 @@ struct ChainOpts {
     application_protocols: Vec<String>,
     transport_protocol: String,
     kind: ChainKind,
+    /// The VirtualService the chain comes from (`filter_metadata.istio.config`).
+    metadata: Option<Metadata>,
 }
 
 impl ChainOpts {
@@ -122,6 +128,7 @@ impl ChainOpts {
             application_protocols: Vec::new(),
             transport_protocol: String::new(),
             kind,
+            metadata: None,
         }
     }
 
@@ -170,7 +177,7 @@ impl ChainOpts {
 }
 
 /// `10.0.0.0/8` (or a bare IP, as a host route) as an Envoy `CidrRange`; `0.0.0.0` is skipped.
-fn cidr_range(c: &str) -> Option<CidrRange> {
+pub(crate) fn cidr_range(c: &str) -> Option<CidrRange> {
     let (ip, len) = match c.split_once('/') {
         Some((ip, len)) => (ip, len.parse().ok()?),
         None => (c, if c.contains(':') { 128 } else { 32 }),
@@ -207,7 +214,7 @@ enum Conflict {
     AutoOverTcp,
 }
 
-fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
+pub(crate) fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
     Filter {
         name: TCP_PROXY.to_string(),
         config_type: Some(filter::ConfigType::TypedConfig(any(&TcpProxy {
@@ -218,9 +225,81 @@ fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
     }
 }
 
+/// Static L4 match conditions (istiod's `matchTCP`/`matchTLS`): gateways (`mesh` for sidecars),
+/// source labels and namespace, and the listener port.
+fn l4_match(
+    ctx: &Ctx<'_>,
+    gateways: &[String],
+    source_labels: &crate::model::Labels,
+    source_namespace: Option<&str>,
+    match_port: Option<u32>,
+    port: u16,
+) -> bool {
+    let gateway_ok = gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY);
+    let labels_ok = source_labels.iter().all(|(k, v)| ctx.proxy.labels.get(k) == Some(v));
+    let port_ok = match_port.is_none_or(|p| p == 0 || p == u32::from(port));
+    let ns_ok = source_namespace.is_none_or(|ns| ns.is_empty() || ns == ctx.proxy.namespace);
+    gateway_ok && labels_ok && port_ok && ns_ok
+}
+
+/// A tcp_proxy to one cluster, with the idle timeout and connection lifetime of the destination's
+/// DestinationRule (istiod's `buildOutboundNetworkFiltersWithSingleDestination`).
+pub(crate) fn single_destination_filter(ctx: &Ctx<'_>, cluster: &str, host: &str, port: u16) -> Filter {
+    let mut proxy = TcpProxy {
+        stat_prefix: cluster.to_string(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
+        ..Default::default()
+    };
+    if let Some(rule) = ctx.destination_rule(host) {
+        let policy = port_level_policy(rule.spec.traffic_policy.as_ref(), port);
+        if let Some(tcp) = policy.as_ref().and_then(|p| p.connection_pool.as_ref()).and_then(|c| c.tcp.as_ref()) {
+            proxy.max_downstream_connection_duration = tcp.max_connection_duration.as_deref().and_then(proto_duration);
+            proxy.idle_timeout = tcp.idle_timeout.as_deref().and_then(proto_duration);
+        }
+    }
+    Filter {
+        name: TCP_PROXY.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
+    }
+}
+
+/// The tcp_proxy of a VirtualService `tcp`/`tls` route: one destination, or weighted clusters
+/// (weight 0 dropped) with the VirtualService as stat prefix (istiod's `buildOutboundNetworkFilters`).
+pub(crate) fn network_filters(ctx: &Ctx<'_>, vs: &VirtualServiceConfig, routes: &[RouteDestination], port: u16) -> Vec<Filter> {
+    if let [single] = routes
+        && let Some(d) = &single.destination
+    {
+        let cluster = destination_cluster(d, ctx.service(&d.host), port);
+        return vec![single_destination_filter(ctx, &cluster, &d.host, port)];
+    }
+    let clusters = routes
+        .iter()
+        .filter(|r| r.weight > 0)
+        .filter_map(|r| {
+            let d = r.destination.as_ref()?;
+            Some(tcp_proxy::weighted_cluster::ClusterWeight {
+                name: destination_cluster(d, ctx.service(&d.host), port),
+                weight: u32::try_from(r.weight).unwrap_or(0),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let proxy = TcpProxy {
+        stat_prefix: format!("{}.{}", vs.meta.name, vs.meta.namespace),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+            clusters,
+        })),
+        ..Default::default()
+    };
+    vec![Filter {
+        name: TCP_PROXY.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
+    }]
+}
+
 /// Where traffic to unknown destinations goes: `PassthroughCluster` or `BlackHoleCluster`.
 fn catch_all_cluster(ctx: &Ctx<'_>) -> &'static str {
-    match ctx.mesh.outbound_traffic_policy {
+    match ctx.outbound_policy {
         OutboundTrafficPolicy::AllowAny => names::PASSTHROUGH_CLUSTER,
         OutboundTrafficPolicy::RegistryOnly => names::BLACKHOLE_CLUSTER,
     }
@@ -367,24 +446,104 @@ impl OutboundBuilder<'_, '_> {
         })
     }
 
-    /// TCP chains of a service port (istiod's `buildSidecarOutboundTCPListenerOpts`, without
-    /// VirtualService tcp/tls routes yet).
+    /// TCP chains of a service port (istiod's `buildSidecarOutboundTCPListenerOpts`): for TLS
+    /// ports, SNI chains from the VirtualServices' `tls` routes; for other ports, chains from their
+    /// `tcp` routes (a route without destination-subnet matches ends the list); then, unless a
+    /// VirtualService already covers everything, the chain to the service's own cluster.
     fn tcp_chains(&self, svc: &Service, port: &ServicePort, bind: &str, cidr: Option<&str>) -> Vec<ChainOpts> {
-        let cluster = names::outbound_cluster(port.port, "", &svc.hostname);
-        let mut chain = ChainOpts::new(ChainKind::Tcp(vec![tcp_proxy_filter(&cluster, &cluster)]));
-        chain.cidrs = cidr.map(|c| vec![c.to_string()]).unwrap_or_default();
+        let ctx = self.ctx;
+        let cidrs: Vec<String> = cidr.map(|c| vec![c.to_string()]).unwrap_or_default();
+        let configs = virtual_service::for_host(&ctx.virtual_services, &svc.hostname);
+        let mut out = Vec::new();
+        let default_filters = || {
+            // A sidecar-defined port may differ from the service's; a one-port service is meant.
+            let p = if svc.ports.len() == 1 { svc.ports[0].port } else { port.port };
+            let cluster = names::outbound_cluster(p, "", &svc.hostname);
+            vec![single_destination_filter(ctx, &cluster, &svc.hostname, p)]
+        };
         if matches!(port.protocol, Protocol::Tls | Protocol::Https) {
-            // Without a VIP to tell services apart, a TLS port is routed by SNI.
-            let listen = svc
-                .addresses
-                .first()
-                .map_or(names::WILDCARD_ADDRESS, String::as_str);
-            let listen = if listen.contains('/') { "" } else { listen };
-            if cidr.is_some() || listen.is_empty() || (listen == names::WILDCARD_ADDRESS && bind == names::WILDCARD_ADDRESS) {
-                chain.sni_hosts = vec![svc.hostname.clone()];
+            let mut handled = BTreeSet::new();
+            for vs in &configs {
+                for tls in &vs.spec.tls {
+                    for m in &tls.r#match {
+                        if !l4_match(ctx, &m.gateways, &m.source_labels, m.source_namespace.as_deref(), m.port, port.port) {
+                            continue;
+                        }
+                        let key = format!("{}|{}", m.sni_hosts.join(","), m.destination_subnets.join(","));
+                        if !handled.insert(key) {
+                            continue;
+                        }
+                        let mut chain = ChainOpts::new(ChainKind::Tcp(network_filters(ctx, vs, &tls.route, port.port)));
+                        chain.sni_hosts = m.sni_hosts.clone();
+                        chain.cidrs = if m.destination_subnets.is_empty() { cidrs.clone() } else { m.destination_subnets.clone() };
+                        chain.metadata = Some(virtual_service_metadata(vs));
+                        out.push(chain);
+                    }
+                }
+            }
+            if out.is_empty() {
+                let mut chain = ChainOpts::new(ChainKind::Tcp(default_filters()));
+                chain.cidrs = cidrs;
+                // Without a VIP to tell services apart, a TLS port is routed by SNI.
+                let listen = svc
+                    .addresses
+                    .first()
+                    .map_or(names::WILDCARD_ADDRESS, String::as_str);
+                let listen = if listen.contains('/') { "" } else { listen };
+                if cidr.is_some() || listen.is_empty() || (listen == names::WILDCARD_ADDRESS && bind == names::WILDCARD_ADDRESS) {
+                    chain.sni_hosts = vec![svc.hostname.clone()];
+                }
+                out.push(chain);
+            }
+            return out;
+        }
+        let mut default_added = false;
+        'vs: for vs in &configs {
+            for tcp in &vs.spec.tcp {
+                if tcp.r#match.is_empty() {
+                    let mut chain = ChainOpts::new(ChainKind::Tcp(network_filters(ctx, vs, &tcp.route, port.port)));
+                    chain.cidrs = cidrs.clone();
+                    chain.metadata = Some(virtual_service_metadata(vs));
+                    out.push(chain);
+                    default_added = true;
+                    break 'vs;
+                }
+                let mut subnets: Vec<String> = Vec::new();
+                for m in &tcp.r#match {
+                    if !l4_match(ctx, &m.gateways, &m.source_labels, m.source_namespace.as_deref(), m.port, port.port) {
+                        continue;
+                    }
+                    if m.destination_subnets.is_empty() {
+                        let mut chain = ChainOpts::new(ChainKind::Tcp(network_filters(ctx, vs, &tcp.route, port.port)));
+                        chain.cidrs = cidrs.clone();
+                        chain.metadata = Some(virtual_service_metadata(vs));
+                        out.push(chain);
+                        default_added = true;
+                        break 'vs;
+                    }
+                    subnets.extend(m.destination_subnets.iter().cloned());
+                }
+                if !subnets.is_empty() {
+                    let mut chain = ChainOpts::new(ChainKind::Tcp(network_filters(ctx, vs, &tcp.route, port.port)));
+                    chain.cidrs = subnets.clone();
+                    out.push(chain);
+                    // The service's own chain would have the same match; Envoy rejects duplicates.
+                    let mut a = subnets;
+                    a.sort();
+                    let mut b = cidrs.clone();
+                    b.sort();
+                    if a == b {
+                        default_added = true;
+                    }
+                }
             }
         }
-        vec![chain]
+        if !default_added {
+            let mut chain = ChainOpts::new(ChainKind::Tcp(default_filters()));
+            chain.cidrs = cidrs;
+            out.push(chain);
+        }
+        out
     }
 
     fn into_listeners(self, routes: &mut BTreeSet<String>) -> Vec<Listener> {
@@ -483,6 +642,7 @@ fn outbound_listener_from_entry(ctx: &Ctx<'_>, e: Entry, routes: &mut BTreeSet<S
         };
         let chain = FilterChain {
             filters,
+            metadata: c.metadata.clone(),
             ..Default::default()
         };
         if c.is_match_all() {
@@ -509,7 +669,7 @@ fn outbound_listener_from_entry(ctx: &Ctx<'_>, e: Entry, routes: &mut BTreeSet<S
     l
 }
 
-fn tls_inspector(disabled: Option<ListenerFilterChainMatchPredicate>) -> ListenerFilter {
+pub(crate) fn tls_inspector(disabled: Option<ListenerFilterChainMatchPredicate>) -> ListenerFilter {
     ListenerFilter {
         name: TLS_INSPECTOR.to_string(),
         filter_disabled: disabled,
@@ -537,7 +697,7 @@ fn original_dst() -> ListenerFilter {
     }
 }
 
-fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
+pub(crate) fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
     Filter {
         name: HTTP_CONNECTION_MANAGER.to_string(),
         config_type: Some(filter::ConfigType::TypedConfig(any(hcm))),
@@ -578,7 +738,7 @@ fn http_filters(protocol: Protocol) -> Vec<HttpFilter> {
 }
 
 /// Settings every Istio sidecar HCM shares.
-fn base_hcm(stat_prefix: &str, protocol: Protocol) -> HttpConnectionManager {
+pub(crate) fn base_hcm(stat_prefix: &str, protocol: Protocol) -> HttpConnectionManager {
     HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_string(),

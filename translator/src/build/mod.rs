@@ -4,18 +4,29 @@
 //! builder makes prost structs for one resource at a time and encodes it once into the
 //! [`ResourceSet`]; nothing keeps structs around.
 //!
-//! The service-discovery slice lives here: default clusters, endpoints, per-port listeners, default
-//! routes. Routing features (VirtualService, DestinationRule, mTLS) patch in at marked seams:
-//! [`route::service_vhost_routes`] (routes of a service's virtual host),
-//! [`cluster::outbound_cluster`] (traffic policy), [`listener::InboundTls`] (server TLS).
+//! Sidecars: clusters (with DestinationRule policy and subsets, [`cluster`], [`policy`]),
+//! endpoints, per-port listeners (with VirtualService tcp/tls routes, [`listener`]) and route
+//! configurations (with VirtualService http routes, [`route`], [`http_route`]), scoped by the
+//! Sidecar resource ([`scope`]). Gateways (node type `router`): listeners and routes from the
+//! Gateways that select them ([`gateway`]). mTLS patches in at marked seams: [`tls::apply_upstream_tls`]
+//! (client TLS of clusters) and [`listener::InboundTls`] (server TLS of inbound chains).
 
 pub mod bootstrap;
 pub mod cluster;
 pub mod endpoint;
+pub mod gateway;
+pub mod http_route;
 pub mod listener;
+pub mod policy;
 pub mod route;
+pub mod scope;
+pub mod tls;
+pub mod virtual_service;
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address, config_source, socket_address,
@@ -24,13 +35,15 @@ use envoy_types::pb::envoy::config::core::v3::Address;
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use prost::{Message, Name};
 
-use crate::model::{MeshConfig, NodeType, ProxyProfile, Service, ServicePort, World};
+use crate::model::config::VirtualServiceConfig;
+use crate::model::{MeshConfig, NodeType, OutboundTrafficPolicy, ProxyProfile, Service, ServicePort, World};
 use crate::resources::ResourceSet;
 
 pub use bootstrap::{BootstrapError, static_bootstrap};
 
-/// Everything a builder needs about one translation: the world, the proxy, and the services that
-/// proxy can see (oldest first, then by hostname, the order istiod resolves conflicts in).
+/// Everything a builder needs about one translation: the world, the proxy, the services and
+/// VirtualServices that proxy can see (oldest first, then by hostname, the order istiod resolves
+/// conflicts in), and the DestinationRule of each visible service.
 #[derive(Debug)]
 pub struct Ctx<'a> {
     /// The mesh.
@@ -39,23 +52,89 @@ pub struct Ctx<'a> {
     pub proxy: &'a ProxyProfile,
     /// Mesh settings.
     pub mesh: &'a MeshConfig,
-    /// Services visible from the proxy's namespace, oldest first, then by hostname.
+    /// The proxy's Sidecar resource (sidecars only).
+    pub scope: scope::Scope<'a>,
+    /// What happens to traffic for unknown destinations (Sidecar resource over mesh config).
+    pub outbound_policy: OutboundTrafficPolicy,
+    /// Services visible from the proxy (exportTo, Sidecar imports), oldest first, then by hostname.
     pub services: Vec<&'a Service>,
+    /// VirtualServices that apply to this sidecar (bound to `mesh`, visible, imported), oldest
+    /// first. Empty for gateways: their VirtualServices are chosen per Gateway server.
+    pub virtual_services: Vec<&'a VirtualServiceConfig>,
+    /// Position of each service in `services`, by hostname.
+    by_host: HashMap<&'a str, usize, Xxh3DefaultBuilder>,
+    /// DestinationRule of each service in `services` (same positions).
+    rules: Vec<Option<scope::ResolvedRule<'a>>>,
 }
 
 impl<'a> Ctx<'a> {
     /// The context for `proxy` in `world`.
     pub fn new(world: &'a World, proxy: &'a ProxyProfile) -> Self {
-        let mut services: Vec<&Service> = world.visible_services(&proxy.namespace).map(|s| s.as_ref()).collect();
+        let ns = proxy.namespace.as_str();
+        let scope = scope::Scope::new(world, proxy);
+        let virtual_services: Vec<&'a VirtualServiceConfig> = if proxy.node_type == NodeType::Sidecar {
+            world
+                .config
+                .mesh_virtual_services()
+                .filter(|vs| vs.export_to.visible_from(ns) && scope.imports_virtual_service(vs))
+                .map(|vs| vs.as_ref())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // With a Sidecar resource, the services its VirtualServices route to are imported too.
+        let mut destinations: HashSet<&'a str, Xxh3DefaultBuilder> = HashSet::default();
+        if scope.sidecar.is_some() {
+            for vs in &virtual_services {
+                destinations.extend(virtual_service::destination_hosts(&vs.spec));
+            }
+        }
+        let mut services: Vec<&'a Service> = world
+            .visible_services(ns)
+            .map(|s| s.as_ref())
+            .filter(|s| scope.imports_service(s) || destinations.contains(s.hostname.as_str()))
+            .collect();
         // istiod visits services oldest first (then by hostname); conflicts go to the first. The
         // world is sorted by hostname, so a stable sort on the timestamp alone is enough (and close
         // to linear when timestamps are equal or absent).
         services.sort_by(|a, b| a.created.cmp(&b.created));
+        let mut by_host: HashMap<&'a str, usize, Xxh3DefaultBuilder> =
+            HashMap::with_capacity_and_hasher(services.len(), Xxh3DefaultBuilder::new());
+        for (i, s) in services.iter().enumerate() {
+            by_host.insert(s.hostname.as_str(), i);
+        }
+        let rules = if world.config.destination_rules.is_empty() {
+            Vec::new()
+        } else {
+            services
+                .iter()
+                .map(|s| scope::lookup_destination_rule(world, ns, &proxy.labels, &s.hostname, Some(&s.namespace)))
+                .collect()
+        };
         Ctx {
             world,
             proxy,
             mesh: &world.mesh,
+            outbound_policy: scope.outbound_policy(world.mesh.outbound_traffic_policy),
+            scope,
             services,
+            virtual_services,
+            by_host,
+            rules,
+        }
+    }
+
+    /// The visible service with host `hostname`.
+    pub fn service(&self, hostname: &str) -> Option<&'a Service> {
+        self.by_host.get(hostname).map(|i| self.services[*i])
+    }
+
+    /// The DestinationRule for destination `hostname` (visible service or not).
+    pub fn destination_rule(&self, hostname: &str) -> Option<Cow<'_, scope::ResolvedRule<'a>>> {
+        match self.by_host.get(hostname) {
+            Some(i) => self.rules.get(*i).and_then(Option::as_ref).map(Cow::Borrowed),
+            None => scope::lookup_destination_rule(self.world, &self.proxy.namespace, &self.proxy.labels, hostname, None)
+                .map(Cow::Owned),
         }
     }
 
@@ -69,24 +148,7 @@ impl<'a> Ctx<'a> {
     /// hostname, wins, as istiod keeps the first), sorted by target port.
     pub fn inbound_targets(&self) -> Vec<InboundTarget<'a>> {
         let mut by_port: BTreeMap<u16, InboundTarget<'a>> = BTreeMap::new();
-        if self.proxy.labels.is_empty() {
-            return Vec::new();
-        }
-        let mut own: Vec<&'a Service> = self
-            .world
-            .services
-            .iter()
-            .map(|s| s.as_ref())
-            .filter(|svc| {
-                svc.namespace == self.proxy.namespace
-                    && svc
-                        .selector
-                        .as_ref()
-                        .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| self.proxy.labels.get(k) == Some(v)))
-            })
-            .collect();
-        own.sort_by(|a, b| a.created.cmp(&b.created));
-        for svc in own {
+        for svc in self.own_services() {
             for port in &svc.ports {
                 let Some(target_port) = self.own_target_port(svc, port) else { continue };
                 match by_port.get_mut(&target_port) {
@@ -108,8 +170,30 @@ impl<'a> Ctx<'a> {
         by_port.into_values().collect()
     }
 
+    /// Services in the proxy's namespace whose selector matches its labels, oldest first.
+    pub fn own_services(&self) -> Vec<&'a Service> {
+        if self.proxy.labels.is_empty() {
+            return Vec::new();
+        }
+        let mut own: Vec<&'a Service> = self
+            .world
+            .services
+            .iter()
+            .map(|s| s.as_ref())
+            .filter(|svc| {
+                svc.namespace == self.proxy.namespace
+                    && svc
+                        .selector
+                        .as_ref()
+                        .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| self.proxy.labels.get(k) == Some(v)))
+            })
+            .collect();
+        own.sort_by(|a, b| a.created.cmp(&b.created));
+        own
+    }
+
     /// The port the proxy's own workload serves `port` of `svc` on.
-    fn own_target_port(&self, svc: &Service, port: &ServicePort) -> Option<u16> {
+    pub(crate) fn own_target_port(&self, svc: &Service, port: &ServicePort) -> Option<u16> {
         if let Some(tp) = port.target_port {
             return Some(tp);
         }
@@ -149,11 +233,17 @@ pub struct InboundTarget<'a> {
 pub fn build(world: &World, proxy: &ProxyProfile) -> ResourceSet {
     let ctx = Ctx::new(world, proxy);
     let mut set = ResourceSet::new();
-    cluster::build_clusters(&ctx, &mut set);
-    endpoint::build_endpoints(&ctx, &mut set);
     if ctx.is_sidecar() {
+        let eds = cluster::build_clusters(&ctx, &mut set, false);
+        endpoint::build_endpoints(&eds, &mut set);
         let route_names = listener::build_listeners(&ctx, &mut set);
         route::build_routes(&ctx, &route_names, &mut set);
+    } else {
+        let merged = gateway::merge(&ctx);
+        let eds = cluster::build_clusters(&ctx, &mut set, merged.auto_passthrough);
+        endpoint::build_endpoints(&eds, &mut set);
+        gateway::build_listeners(&ctx, &merged, &mut set);
+        gateway::build_routes(&ctx, &merged, &mut set);
     }
     set
 }

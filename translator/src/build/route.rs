@@ -4,34 +4,99 @@
 //! virtual host per service on that port (`<fqdn>:<port>`) and a last catch-all virtual host
 //! (`allow_any` or `block_all`). A sniffed port with its own listener (`<VIP>_<port>`) gets a
 //! route configuration named `<fqdn>:<port>` holding only that service, matching any authority.
+//!
+//! VirtualServices (istiod's `BuildSidecarVirtualHostWrapper`): each applicable VirtualService, in
+//! age order, contributes virtual hosts for the registry services its hosts name (and for hosts
+//! outside the registry); a virtual host name (`host:port`) or domain already taken by an older
+//! VirtualService is dropped, so the oldest VirtualService for a host wins. Services without a
+//! VirtualService get the `default` route.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use envoy_types::pb::envoy::config::route::v3::{
     Decorator, DirectResponseAction, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-    retry_policy::{self, RetryHostPredicate},
     route::Action,
     route_action::{ClusterSpecifier, MaxStreamDuration},
     route_match::PathSpecifier,
 };
-use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
-use super::{Ctx, any, secs};
+use super::http_route::{self, RouteOpts};
+use super::{Ctx, secs};
+use crate::model::config::VirtualServiceConfig;
+use crate::model::host::{self, MESH_GATEWAY};
 use crate::model::{OutboundTrafficPolicy, Service, ServicePort};
 use crate::names;
 use crate::resources::{ResourceSet, TypeUrl};
 
 /// Istio's `max_direct_response_body_size_bytes` (1 MiB, the limit its webhook enforces).
-const MAX_DIRECT_RESPONSE_BODY_BYTES: u32 = 1024 * 1024;
+pub(crate) const MAX_DIRECT_RESPONSE_BODY_BYTES: u32 = 1024 * 1024;
+
+/// `RouteConfiguration.virtual_hosts`, `VirtualHost.routes`, `Route.typed_per_filter_config`.
+const RC_VIRTUAL_HOSTS_TAG: u32 = 2;
+const VH_ROUTES_TAG: u32 = 3;
+const ROUTE_TYPED_PER_FILTER_CONFIG_TAG: u32 = 13;
 
 /// Adds the route configurations named by the proxy's listeners.
 pub fn build_routes(ctx: &Ctx<'_>, route_names: &BTreeSet<String>, set: &mut ResourceSet) {
     for name in route_names {
         let rc = outbound_route_config(ctx, name);
-        set.add(TypeUrl::Route, name.clone(), &rc);
+        add_route_configuration(set, rc);
     }
+}
+
+/// Adds a route configuration with deterministic bytes.
+///
+/// prost keeps `typed_per_filter_config` in a `HashMap` whose iteration order differs between map
+/// instances; a route with fault injection and CORS has two entries. Such routes are written here
+/// field by field with the map entries sorted by filter name (see [`super::wire`]); everything
+/// else is encoded by prost as usual.
+pub fn add_route_configuration(set: &mut ResourceSet, mut rc: RouteConfiguration) {
+    let unordered = rc
+        .virtual_hosts
+        .iter()
+        .any(|vh| vh.routes.iter().any(|r| r.typed_per_filter_config.len() > 1));
+    if !unordered {
+        set.add(TypeUrl::Route, rc.name.clone(), &rc);
+        return;
+    }
+    let mut extra = Vec::new();
+    for mut vh in std::mem::take(&mut rc.virtual_hosts) {
+        let routes = std::mem::take(&mut vh.routes);
+        let mut body = vh.encode_to_vec();
+        for r in routes {
+            length_delimited(&mut body, VH_ROUTES_TAG, &encode_route(r));
+        }
+        length_delimited(&mut extra, RC_VIRTUAL_HOSTS_TAG, &body);
+    }
+    set.add_with_fields(TypeUrl::Route, rc.name.clone(), &rc, &extra);
+}
+
+fn length_delimited(buf: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.extend_from_slice(bytes);
+}
+
+/// A route with its per-filter configuration entries written in filter-name order.
+fn encode_route(mut r: Route) -> Vec<u8> {
+    if r.typed_per_filter_config.len() <= 1 {
+        return r.encode_to_vec();
+    }
+    let mut entries: Vec<(String, envoy_types::pb::google::protobuf::Any)> = r.typed_per_filter_config.drain().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = r.encode_to_vec();
+    for (k, v) in entries {
+        let value = v.encode_to_vec();
+        let mut entry = Vec::with_capacity(k.len() + value.len() + 2 * encoded_len_varint(value.len() as u64));
+        length_delimited(&mut entry, 1, k.as_bytes());
+        length_delimited(&mut entry, 2, &value);
+        length_delimited(&mut out, ROUTE_TYPED_PER_FILTER_CONFIG_TAG, &entry);
+    }
+    out
 }
 
 /// Splits an outbound route name: `"9080"` (shared per port) or `"<host>:9080"` (one sniffed
@@ -59,7 +124,8 @@ pub fn outbound_route_config(ctx: &Ctx<'_>, name: &str) -> RouteConfiguration {
             // Only the virtual host of the sniffed service; it alone is on this listener, so any
             // authority matches.
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            vhosts.retain(|vh| vh.domains.iter().any(|d| d == name || d == host));
+            let wanted = names::vhost(host, port);
+            vhosts.retain(|vh| vh.name == wanted);
             if vhosts.len() == 1 {
                 vhosts[0].domains = vec!["*".to_string()];
             }
@@ -81,46 +147,186 @@ pub fn outbound_route_config(ctx: &Ctx<'_>, name: &str) -> RouteConfiguration {
     }
 }
 
-/// Virtual hosts of every visible service with an HTTP or sniffed port `port`, in hostname order,
-/// with domains already claimed by an earlier virtual host removed.
+/// Ports of a service a sidecar routes as HTTP (declared HTTP or sniffed).
+fn http_or_sniffed(p: &ServicePort) -> bool {
+    p.protocol.is_http() || p.protocol == crate::model::Protocol::Unspecified
+}
+
+/// Virtual hosts one VirtualService contributes to a port's route configuration.
+struct Wrapper<'a> {
+    /// Hosts of the VirtualService outside the registry.
+    hosts: Vec<&'a str>,
+    /// Registry services it names with an HTTP or sniffed port equal to the listener port.
+    services: Vec<&'a Service>,
+    routes: Vec<Route>,
+}
+
+/// For each service a wildcard VirtualService host matches: the VirtualService with the most
+/// specific such host (the oldest among equal hosts), istiod's `mostSpecificWildcardVsIndex`.
+fn wildcard_owners<'a>(ctx: &Ctx<'a>) -> HashMap<&'a str, *const VirtualServiceConfig> {
+    let mut by_host: HashMap<&'a str, &'a VirtualServiceConfig> = HashMap::new();
+    for vs in &ctx.virtual_services {
+        for h in vs.spec.hosts.iter().filter(|h| host::is_wildcard(h)) {
+            by_host.entry(h.as_str()).or_insert(*vs);
+        }
+    }
+    let mut out = HashMap::new();
+    if by_host.is_empty() {
+        return out;
+    }
+    for svc in &ctx.services {
+        if let Some(h) = host::most_specific(&svc.hostname, by_host.keys().copied()) {
+            out.insert(svc.hostname.as_str(), by_host[h] as *const VirtualServiceConfig);
+        }
+    }
+    out
+}
+
+/// Virtual hosts of every visible service with an HTTP or sniffed port `port`, VirtualService
+/// ones first (oldest VirtualService first), with names and domains already claimed removed.
 fn outbound_vhosts(ctx: &Ctx<'_>, port: u16) -> Vec<VirtualHost> {
-    let services: Vec<(&Service, &ServicePort)> = ctx
+    let mesh = [MESH_GATEWAY];
+    let opts = RouteOpts {
+        listen_port: port,
+        gateway_names: &mesh,
+        is_tls: false,
+    };
+    let owners = wildcard_owners(ctx);
+    let mut covered: HashSet<&str, Xxh3DefaultBuilder> = HashSet::default();
+    let mut wrappers: Vec<Wrapper<'_>> = Vec::new();
+    for vs in &ctx.virtual_services {
+        let routes = http_route::virtual_service_routes(ctx, vs, &opts);
+        if routes.is_empty() {
+            continue;
+        }
+        let mut hosts = Vec::new();
+        let mut services: Vec<&Service> = Vec::new();
+        for h in &vs.spec.hosts {
+            if !host::is_wildcard(h) {
+                match ctx.service(h) {
+                    Some(s) => services.push(s),
+                    None => hosts.push(h.as_str()),
+                }
+                continue;
+            }
+            let mut found = false;
+            for svc in &ctx.services {
+                if !host::matches(&svc.hostname, h) {
+                    continue;
+                }
+                found = true;
+                if owners.get(svc.hostname.as_str()).copied() == Some(*vs as *const VirtualServiceConfig) {
+                    services.push(svc);
+                }
+            }
+            if !found {
+                hosts.push(h.as_str());
+            }
+        }
+        let mut any_http_port = false;
+        let mut on_port = Vec::new();
+        for svc in services {
+            let http: Vec<&ServicePort> = svc.ports.iter().filter(|p| http_or_sniffed(p)).collect();
+            if http.is_empty() {
+                continue;
+            }
+            any_http_port = true;
+            covered.insert(svc.hostname.as_str());
+            if http.iter().any(|p| p.port == port) {
+                on_port.push(svc);
+            }
+        }
+        // Hosts outside the registry ride along with the VirtualService's services on their ports;
+        // a VirtualService naming no registry service with an HTTP port lands on port 80 only (as
+        // in istiod).
+        let applies = if any_http_port { !on_port.is_empty() } else { port == 80 };
+        if !applies {
+            continue;
+        }
+        wrappers.push(Wrapper {
+            hosts,
+            services: on_port,
+            routes,
+        });
+    }
+
+    let defaults: Vec<(&Service, &ServicePort)> = ctx
         .services
         .iter()
-        .filter_map(|s| s.port(port).map(|p| (*s, p)))
-        .filter(|(_, p)| p.protocol.is_http() || p.protocol == crate::model::Protocol::Unspecified)
+        .filter(|s| !covered.contains(s.hostname.as_str()))
+        .filter_map(|s| s.port(port).filter(|p| http_or_sniffed(p)).map(|p| (*s, p)))
         .collect();
+
     // Hosts that are real FQDNs: an expanded short name equal to one of them must not shadow it.
     // (istiod also lists `<host>:<port>` here, which no expanded short name can equal.)
-    let mut known_fqdn: HashSet<&str, _> = HashSet::with_capacity_and_hasher(services.len(), Xxh3DefaultBuilder::new());
-    known_fqdn.extend(services.iter().map(|(s, _)| s.hostname.as_str()));
-    let mut claimed: HashSet<String, _> = HashSet::with_capacity_and_hasher(services.len() * 5, Xxh3DefaultBuilder::new());
-    let mut out = Vec::with_capacity(services.len());
-    for (svc, sp) in services {
-        let (domains, alt) = vhost_domains(svc, &ctx.proxy.namespace);
+    let mut known_fqdn: HashSet<&str, Xxh3DefaultBuilder> = HashSet::default();
+    known_fqdn.extend(wrappers.iter().flat_map(|w| w.services.iter().map(|s| s.hostname.as_str())));
+    known_fqdn.extend(defaults.iter().map(|(s, _)| s.hostname.as_str()));
+    let mut b = VhostBuilder {
+        proxy_ns: &ctx.proxy.namespace,
+        port,
+        names: HashSet::default(),
+        claimed: HashSet::with_capacity_and_hasher(defaults.len() * 5, Xxh3DefaultBuilder::new()),
+        known_fqdn,
+        out: Vec::with_capacity(defaults.len() + wrappers.len()),
+    };
+    for w in wrappers {
+        for h in &w.hosts {
+            b.push(h, None, || w.routes.clone());
+        }
+        for svc in &w.services {
+            b.push(&svc.hostname, Some(svc), || w.routes.clone());
+        }
+    }
+    for (svc, sp) in defaults {
+        b.push(&svc.hostname, Some(svc), || service_vhost_routes(ctx, svc, sp));
+    }
+    b.out
+}
+
+/// Builds virtual hosts, dropping duplicate names and domains (istiod's `dedupeDomains`).
+struct VhostBuilder<'b> {
+    proxy_ns: &'b str,
+    port: u16,
+    names: HashSet<String, Xxh3DefaultBuilder>,
+    claimed: HashSet<String, Xxh3DefaultBuilder>,
+    known_fqdn: HashSet<&'b str, Xxh3DefaultBuilder>,
+    out: Vec<VirtualHost>,
+}
+
+impl VhostBuilder<'_> {
+    fn push(&mut self, hostname: &str, svc: Option<&Service>, routes: impl FnOnce() -> Vec<Route>) {
+        let name = names::vhost(hostname, self.port);
+        if self.names.contains(&name) {
+            return;
+        }
+        self.names.insert(name.clone());
+        let (domains, alt) = match svc {
+            Some(s) => vhost_domains(s, self.proxy_ns),
+            None => (vec![ipv6_compliant(hostname)], Vec::new()),
+        };
         let mut kept = Vec::with_capacity(domains.len());
         for d in domains {
             // Hostnames are lowercase already (ServiceEntry hosts are lowered when read); only
             // allocate for the rare mixed-case domain.
             let lower = if d.bytes().any(|b| b.is_ascii_uppercase()) { d.to_ascii_lowercase() } else { d.clone() };
-            if claimed.contains(&lower) || (alt.contains(&d) && known_fqdn.contains(d.as_str())) {
+            if self.claimed.contains(&lower) || (alt.contains(&d) && self.known_fqdn.contains(d.as_str())) {
                 continue;
             }
-            claimed.insert(lower);
+            self.claimed.insert(lower);
             kept.push(d);
         }
         if kept.is_empty() {
-            continue;
+            return;
         }
-        out.push(VirtualHost {
-            name: names::vhost(&svc.hostname, sp.port),
+        self.out.push(VirtualHost {
+            name,
             domains: kept,
-            routes: service_vhost_routes(ctx, svc, sp),
+            routes: routes(),
             include_request_attempt_count: true,
             ..Default::default()
         });
     }
-    out
 }
 
 /// Brackets IPv6 literals, as Host headers carry them.
@@ -180,33 +386,19 @@ fn alt_hosts(host: &str, proxy_ns: &str) -> Vec<String> {
     }
 }
 
-/// Routes of a service's virtual host.
-///
-/// Seam for VirtualService: a service without one gets the single `default` route.
-pub fn service_vhost_routes(_ctx: &Ctx<'_>, svc: &Service, port: &ServicePort) -> Vec<Route> {
-    vec![default_outbound_route(
+/// The `default` route of a service without a VirtualService (with the hash policy of its
+/// DestinationRule's consistent hashing, if any).
+pub fn service_vhost_routes(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort) -> Vec<Route> {
+    let mut r = default_outbound_route(
         &names::outbound_cluster(port.port, "", &svc.hostname),
         &names::trace_operation(&svc.hostname, port.port),
-    )]
-}
-
-/// Istio's default retry policy: 2 retries on connection failures, refused streams and gRPC
-/// `unavailable`/`cancelled`, preferring hosts not yet tried. istiod no longer retries 503s by
-/// default (`EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY`), but keeps `retriable-status-codes` in
-/// `retry_on` so a VirtualService can add codes.
-pub fn default_retry_policy() -> RetryPolicy {
-    RetryPolicy {
-        retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".to_string(),
-        num_retries: Some(UInt32Value { value: 2 }),
-        retry_host_predicate: vec![RetryHostPredicate {
-            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
-            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(any(
-                &PreviousHostsPredicate::default(),
-            ))),
-        }],
-        host_selection_retry_max_attempts: 5,
-        ..Default::default()
+    );
+    if let Some(h) = http_route::service_hash(ctx, svc, port.port)
+        && let Some(Action::Route(a)) = r.action.as_mut()
+    {
+        a.hash_policy.push(h);
     }
+    vec![r]
 }
 
 fn match_all() -> Option<RouteMatch> {
@@ -230,7 +422,7 @@ pub fn default_outbound_route(cluster: &str, operation: &str) -> Route {
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
             timeout: secs(0),
-            retry_policy: Some(default_retry_policy()),
+            retry_policy: Some(http_route::default_retry_policy(false)),
             // istiod still uses the deprecated field: its replacement regressed gRPC timeouts.
             max_grpc_timeout: secs(0),
             ..Default::default()
@@ -288,7 +480,7 @@ pub fn inbound_route_config(cluster: &str, service_port: u16, host: &str) -> Rou
 /// `PassthroughCluster` (ALLOW_ANY) or get a 502 (REGISTRY_ONLY).
 #[allow(deprecated)]
 pub fn catch_all_vhost(ctx: &Ctx<'_>) -> VirtualHost {
-    match ctx.mesh.outbound_traffic_policy {
+    match ctx.outbound_policy {
         OutboundTrafficPolicy::AllowAny => VirtualHost {
             name: names::ALLOW_ANY_VHOST.to_string(),
             domains: vec!["*".to_string()],

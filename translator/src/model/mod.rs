@@ -3,6 +3,8 @@
 //! A [`World`] is built once per change from the typed objects of every source ([`world`]) and
 //! shared read-only (behind an `Arc`) by every translation.
 
+pub mod config;
+pub mod host;
 mod proxy;
 pub mod world;
 
@@ -383,7 +385,7 @@ pub struct Workload {
 }
 
 /// Everything the translator knows about the mesh at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct World {
     /// Mesh settings.
     pub mesh: MeshConfig,
@@ -393,6 +395,9 @@ pub struct World {
     pub namespaces: BTreeMap<String, Labels>,
     /// Pods by `namespace/name`.
     pub workloads: BTreeMap<String, Workload>,
+    /// Routing and policy configuration (VirtualServices, DestinationRules, Gateways, Sidecars,
+    /// WorkloadEntries, PeerAuthentications), oldest first and indexed.
+    pub config: config::Config,
 }
 
 impl World {

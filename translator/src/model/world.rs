@@ -1,9 +1,10 @@
 //! Assembling a [`World`] from typed objects.
 //!
 //! Kubernetes Services (with EndpointSlices, or Pods when no slice exists) and Istio ServiceEntries
-//! become [`Service`]s, one per hostname, sorted by hostname. Semantic problems that the typed
-//! parser cannot see (a ServiceEntry without hosts, duplicate ports, an endpoint port that names no
-//! port) become [`Diagnostic`]s naming the object and the field, and the object is skipped.
+//! become [`Service`]s, one per hostname, sorted by hostname. Istio objects are first checked with
+//! Istio's own validation rules ([`crate::validate::validate_object`]): an object with errors is
+//! skipped and its diagnostics returned, as Istio's admission webhook would have refused it.
+//! Routing and policy objects are normalized and indexed into [`World::config`] (oldest first).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -14,10 +15,19 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::istio::{SeLocation, SeResolution, ServiceEntry};
+use crate::api::istio::{
+    DestinationRule, Gateway, PeerAuthentication, SeLocation, SeResolution, ServiceEntry, Sidecar, VirtualService,
+    WorkloadEntry, WorkloadEntrySpec,
+};
 use crate::api::{DEFAULT_NAMESPACE, Object};
-use crate::diag::Diagnostic;
+use crate::diag::{Diagnostic, Severity};
+use crate::validate::validate_object;
 
+use super::config::{
+    Config, ConfigMeta, DestinationRuleConfig, ExportTo, GatewayConfig, SidecarConfig, VirtualServiceConfig,
+    WorkloadEntryConfig, merge_delegates, normalize_gateway, normalize_virtual_service,
+};
+use super::host::{MESH_GATEWAY, resolve_short_name};
 use super::{
     CLUSTER_DOMAIN, Endpoint, Labels, Location, MeshConfig, Protocol, Resolution, Service, ServiceOrigin, ServicePort,
     Workload, World,
@@ -28,6 +38,9 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Pod label Istio reads a locality override from (`region.zone.subzone`).
 const LOCALITY_LABEL: &str = "istio-locality";
+
+/// Label marking a workload that terminates Istio mTLS (added by sidecar injection).
+const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 
 /// Builds the world from every object of every source. Objects that cannot be used become
 /// diagnostics; the rest is still assembled.
@@ -54,6 +67,12 @@ struct Builder<'m> {
     slices: Vec<&'m discovery::EndpointSlice>,
     pods: Vec<&'m core::Pod>,
     entries: Vec<&'m ServiceEntry>,
+    workload_entries: Vec<&'m WorkloadEntry>,
+    virtual_services: Vec<&'m VirtualService>,
+    destination_rules: Vec<&'m DestinationRule>,
+    gateways: Vec<&'m Gateway>,
+    sidecars: Vec<&'m Sidecar>,
+    peer_authentications: Vec<&'m PeerAuthentication>,
 }
 
 fn ns_of(meta: &ObjectMeta) -> String {
@@ -66,6 +85,15 @@ fn name_of(meta: &ObjectMeta) -> String {
 
 fn created_of(meta: &ObjectMeta) -> String {
     meta.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
+}
+
+/// `(created, namespace, name)`: the order istiod resolves conflicts in (oldest first).
+fn meta_of(meta: &ObjectMeta) -> ConfigMeta {
+    ConfigMeta {
+        created: created_of(meta),
+        namespace: ns_of(meta),
+        name: name_of(meta),
+    }
 }
 
 /// `Kind namespace/name`, as diagnostics name objects.
@@ -88,18 +116,6 @@ fn is_ip(s: &str) -> bool {
     s.parse::<IpAddr>().is_ok()
 }
 
-/// Whether `s` is an IP address or an `ip/prefix` CIDR.
-fn is_ip_or_cidr(s: &str) -> bool {
-    match s.split_once('/') {
-        None => is_ip(s),
-        Some((ip, bits)) => match (ip.parse::<IpAddr>(), bits.parse::<u8>()) {
-            (Ok(IpAddr::V4(_)), Ok(b)) => b <= 32,
-            (Ok(IpAddr::V6(_)), Ok(b)) => b <= 128,
-            _ => false,
-        },
-    }
-}
-
 fn port_u16(n: i64) -> Option<u16> {
     u16::try_from(n).ok().filter(|p| *p != 0)
 }
@@ -114,7 +130,23 @@ impl<'m> Builder<'m> {
             slices: Vec::new(),
             pods: Vec::new(),
             entries: Vec::new(),
+            workload_entries: Vec::new(),
+            virtual_services: Vec::new(),
+            destination_rules: Vec::new(),
+            gateways: Vec::new(),
+            sidecars: Vec::new(),
+            peer_authentications: Vec::new(),
         }
+    }
+
+    /// Istio's webhook would refuse an object with errors: skip it and report why.
+    fn valid(&mut self, o: &Object) -> bool {
+        let diags = validate_object(o);
+        if diags.iter().any(|d| d.severity == Severity::Error) {
+            self.diags.extend(diags);
+            return false;
+        }
+        true
     }
 
     fn collect(&mut self, o: &'m Object) {
@@ -126,8 +158,15 @@ impl<'m> Builder<'m> {
             Object::Service(s) => self.services.push(s),
             Object::EndpointSlice(s) => self.slices.push(s),
             Object::Pod(p) => self.pods.push(p),
-            Object::ServiceEntry(se) => self.entries.push(se),
-            // Routing and policy kinds are read by translation, not by service discovery.
+            Object::Secret(_) | Object::ConfigMap(_) => {}
+            Object::ServiceEntry(se) if self.valid(o) => self.entries.push(se),
+            Object::WorkloadEntry(we) if self.valid(o) => self.workload_entries.push(we),
+            Object::VirtualService(vs) if self.valid(o) => self.virtual_services.push(vs),
+            Object::DestinationRule(dr) if self.valid(o) => self.destination_rules.push(dr),
+            Object::Gateway(gw) if self.valid(o) => self.gateways.push(gw),
+            Object::Sidecar(sc) if self.valid(o) => self.sidecars.push(sc),
+            Object::PeerAuthentication(pa) if self.valid(o) => self.peer_authentications.push(pa),
+            // Invalid Istio objects: already reported by `valid`.
             _ => {}
         }
     }
@@ -139,6 +178,7 @@ impl<'m> Builder<'m> {
         self.pods.sort_by_key(|p| (ns_of(&p.metadata), name_of(&p.metadata)));
         self.entries.sort_by_key(|e| (ns_of(&e.metadata), name_of(&e.metadata)));
 
+        let config = self.config();
         let pods = self.pod_infos();
         let by_ip: HashMap<&str, &PodInfo> = pods
             .values()
@@ -162,7 +202,7 @@ impl<'m> Builder<'m> {
 
         let mut from_entries: Vec<Service> = Vec::new();
         for se in std::mem::take(&mut self.entries) {
-            from_entries.extend(self.service_entry(se, &pods));
+            from_entries.extend(self.service_entry(se, &pods, &config));
         }
 
         // One service per host. A Kubernetes Service wins over a ServiceEntry; between entries the
@@ -206,8 +246,92 @@ impl<'m> Builder<'m> {
             services: by_host.into_values().map(Arc::new).collect(),
             namespaces: self.namespaces,
             workloads: pods.into_iter().map(|(k, p)| (k, p.workload)).collect(),
+            config,
         };
         (world, self.diags)
+    }
+
+    /// Routing and policy objects, normalized, oldest first (ties by namespace/name), indexed.
+    fn config(&mut self) -> Config {
+        let mut virtual_services: Vec<VirtualServiceConfig> = self
+            .virtual_services
+            .iter()
+            .map(|vs| {
+                let meta = meta_of(&vs.metadata);
+                let mut spec = vs.spec.clone();
+                normalize_virtual_service(&mut spec, &meta.namespace);
+                let gateways = if spec.gateways.is_empty() {
+                    vec![MESH_GATEWAY.to_string()]
+                } else {
+                    spec.gateways.clone()
+                };
+                VirtualServiceConfig {
+                    export_to: ExportTo::parse(&spec.export_to, &meta.namespace),
+                    meta,
+                    spec,
+                    gateways,
+                }
+            })
+            .collect();
+        virtual_services.sort_by(|a, b| a.meta.cmp(&b.meta));
+        let mut destination_rules: Vec<DestinationRuleConfig> = self
+            .destination_rules
+            .iter()
+            .map(|dr| {
+                let meta = meta_of(&dr.metadata);
+                DestinationRuleConfig {
+                    host: resolve_short_name(&dr.spec.host, &meta.namespace),
+                    export_to: ExportTo::parse(&dr.spec.export_to, &meta.namespace),
+                    selector: dr.spec.workload_selector.as_ref().map(|s| s.match_labels.clone()),
+                    spec: dr.spec.clone(),
+                    meta,
+                }
+            })
+            .collect();
+        destination_rules.sort_by(|a, b| a.meta.cmp(&b.meta));
+        let mut gateways: Vec<GatewayConfig> = self
+            .gateways
+            .iter()
+            .map(|g| {
+                let meta = meta_of(&g.metadata);
+                let mut spec = g.spec.clone();
+                normalize_gateway(&mut spec, &meta.namespace);
+                GatewayConfig { meta, spec }
+            })
+            .collect();
+        gateways.sort_by(|a, b| a.meta.cmp(&b.meta));
+        let mut sidecars: Vec<SidecarConfig> = self
+            .sidecars
+            .iter()
+            .map(|s| SidecarConfig {
+                meta: meta_of(&s.metadata),
+                spec: s.spec.clone(),
+            })
+            .collect();
+        sidecars.sort_by(|a, b| a.meta.cmp(&b.meta));
+        let mut workload_entries: Vec<WorkloadEntryConfig> = self
+            .workload_entries
+            .iter()
+            .map(|w| WorkloadEntryConfig {
+                meta: meta_of(&w.metadata),
+                spec: w.spec.clone(),
+            })
+            .collect();
+        workload_entries.sort_by(|a, b| a.meta.cmp(&b.meta));
+        let mut peer_authentications: Vec<&PeerAuthentication> = self.peer_authentications.clone();
+        peer_authentications.sort_by_key(|p| meta_of(&p.metadata));
+
+        let mut config = Config {
+            virtual_services: merge_delegates(virtual_services).into_iter().map(Arc::new).collect(),
+            destination_rules: destination_rules.into_iter().map(Arc::new).collect(),
+            gateways: gateways.into_iter().map(Arc::new).collect(),
+            sidecars: sidecars.into_iter().map(Arc::new).collect(),
+            workload_entries: workload_entries.into_iter().map(Arc::new).collect(),
+            peer_authentications: peer_authentications.into_iter().map(|p| Arc::new(p.clone())).collect(),
+            index: Default::default(),
+        };
+        config.reindex();
+        config
     }
 
     /// Pods by `namespace/name`, with what endpoints need from them.
@@ -382,159 +506,52 @@ impl<'m> Builder<'m> {
         })
     }
 
-    fn service_entry(&mut self, se: &ServiceEntry, pods: &BTreeMap<String, PodInfo>) -> Vec<Service> {
-        let object = object_name("ServiceEntry", &se.metadata);
+    /// Services of a (validated) ServiceEntry, one per host. Endpoints come from `endpoints`, or
+    /// from the Pods and WorkloadEntries of its namespace its `workloadSelector` selects.
+    fn service_entry(&mut self, se: &ServiceEntry, pods: &BTreeMap<String, PodInfo>, config: &Config) -> Vec<Service> {
         let namespace = ns_of(&se.metadata);
         let spec = &se.spec;
-        let resolution = spec.resolution.unwrap_or(SeResolution::None);
-        let err = |field: String, msg: String| Diagnostic::error(&object, field, msg);
-        let mut errs: Vec<Diagnostic> = Vec::new();
-
-        if spec.hosts.is_empty() {
-            errs.push(err("spec.hosts".into(), "at least one host is required".into()));
-        }
-        for (i, h) in spec.hosts.iter().enumerate() {
-            if h == "*" {
-                errs.push(err(format!("spec.hosts[{i}]"), "hostname cannot be wildcard".into()));
-            } else if h.is_empty() {
-                errs.push(err(format!("spec.hosts[{i}]"), "hostname cannot be empty".into()));
-            } else if h.starts_with("*.") && spec.endpoints.is_empty() && matches!(resolution, SeResolution::Dns | SeResolution::DnsRoundRobin) {
-                errs.push(err(
-                    format!("spec.hosts[{i}]"),
-                    format!("wildcard host {h} cannot be resolved with DNS unless endpoints are given"),
-                ));
-            }
-        }
-        for (i, a) in spec.addresses.iter().enumerate() {
-            if !is_ip_or_cidr(a) {
-                errs.push(err(format!("spec.addresses[{i}]"), format!("{a:?} is not an IP address or CIDR")));
-            } else if a.contains('/') && matches!(resolution, SeResolution::Dns | SeResolution::DnsRoundRobin) {
-                errs.push(err(
-                    format!("spec.addresses[{i}]"),
-                    "CIDR addresses are allowed only for NONE/STATIC resolution types".into(),
-                ));
-            }
-        }
-        let mut numbers = BTreeSet::new();
-        let mut names = BTreeSet::new();
-        let mut ports = Vec::new();
-        for (i, p) in spec.ports.iter().enumerate() {
-            let Some(number) = port_u16(i64::from(p.number)) else {
-                errs.push(err(format!("spec.ports[{i}].number"), format!("port {} must be between 1-65535", p.number)));
-                continue;
-            };
-            if !numbers.insert(number) {
-                errs.push(err(format!("spec.ports[{i}].number"), format!("port number {number} cannot be duplicated")));
-            }
-            if !p.name.is_empty() && !names.insert(p.name.clone()) {
-                errs.push(err(format!("spec.ports[{i}].name"), format!("duplicate port name {:?}", p.name)));
-            }
-            let target_port = match p.target_port {
-                None | Some(0) => None,
-                Some(t) => match port_u16(i64::from(t)) {
-                    Some(t) => Some(t),
-                    None => {
-                        errs.push(err(format!("spec.ports[{i}].targetPort"), format!("target port {t} must be between 1-65535")));
-                        None
-                    }
-                },
-            };
-            let protocol = match p.protocol.as_deref().filter(|s| !s.is_empty()) {
-                Some(s) => match Protocol::parse(s) {
-                    Some(proto) => proto,
-                    None => {
-                        errs.push(err(format!("spec.ports[{i}].protocol"), format!("unknown protocol {s:?}")));
-                        continue;
-                    }
-                },
-                None => Protocol::infer(&p.name, None, number),
-            };
-            ports.push(ServicePort {
-                name: p.name.clone(),
-                port: number,
-                protocol,
-                target_port,
-                target_port_name: None,
-            });
-        }
-        if spec.workload_selector.is_some() && !spec.endpoints.is_empty() {
-            errs.push(err("spec.workloadSelector".into(), "only one of WorkloadSelector or Endpoints can be set".into()));
-        }
-        if let Some(ws) = &spec.workload_selector {
-            for (k, v) in &ws.labels {
-                if k.is_empty() {
-                    errs.push(err("spec.workloadSelector.labels".into(), "label key cannot be empty".into()));
-                } else if v.contains('*') || k.contains('*') {
-                    errs.push(err(format!("spec.workloadSelector.labels.{k}"), "wildcard is not supported in selector".into()));
-                }
-            }
-        }
-        match resolution {
-            SeResolution::None if !spec.endpoints.is_empty() => {
-                errs.push(err("spec.endpoints".into(), "NONE mode cannot set endpoints".into()));
-            }
-            SeResolution::DnsRoundRobin if spec.endpoints.len() > 1 => {
-                errs.push(err("spec.endpoints".into(), "DNS_ROUND_ROBIN mode cannot have multiple endpoints".into()));
-            }
-            _ => {}
-        }
-        for (i, ep) in spec.endpoints.iter().enumerate() {
-            if ep.address.is_empty() {
-                errs.push(err(format!("spec.endpoints[{i}].address"), "endpoint address is required".into()));
-            } else if resolution == SeResolution::Static && !is_ip(&ep.address) && !ep.address.starts_with("unix://") {
-                errs.push(err(
-                    format!("spec.endpoints[{i}].address"),
-                    format!("endpoint address {:?} is not a valid IP address (STATIC resolution)", ep.address),
-                ));
-            }
-            for (pname, pnum) in &ep.ports {
-                if !spec.ports.iter().any(|p| &p.name == pname) {
-                    errs.push(err(
-                        format!("spec.endpoints[{i}].ports.{pname}"),
-                        format!("endpoint port {pname:?} is not a port name of the service entry"),
-                    ));
-                } else if port_u16(i64::from(*pnum)).is_none() {
-                    errs.push(err(format!("spec.endpoints[{i}].ports.{pname}"), format!("port {pnum} must be between 1-65535")));
-                }
-            }
-        }
-        if !errs.is_empty() {
-            self.diags.extend(errs);
-            return Vec::new();
-        }
+        let ports: Vec<ServicePort> = spec
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let number = port_u16(i64::from(p.number))?;
+                let protocol = match p.protocol.as_deref().filter(|s| !s.is_empty()) {
+                    // Protocols Envoy sidecars do not proxy (UDP) build nothing, as in istiod.
+                    Some(s) => Protocol::parse(s)?,
+                    None => Protocol::infer(&p.name, None, number),
+                };
+                Some(ServicePort {
+                    name: p.name.clone(),
+                    port: number,
+                    protocol,
+                    target_port: p.target_port.and_then(|t| port_u16(i64::from(t))),
+                    target_port_name: None,
+                })
+            })
+            .collect();
 
         let td = &self.mesh.trust_domain;
-        let endpoints: Vec<Endpoint> = if let Some(ws) = &spec.workload_selector {
-            endpoints_from_pods(&ports, &ws.labels, pods, &namespace)
+        let mut endpoints: Vec<Endpoint> = if let Some(ws) = &spec.workload_selector {
+            let mut eps: Vec<Endpoint> = endpoints_from_pods(&ports, &ws.labels, pods, &namespace)
                 .into_iter()
                 .map(|mut e| {
                     // A ServiceEntry selecting pods reaches them on the target port (or service port).
                     e.ports = ports.iter().map(|p| (p.key(), p.target_port.unwrap_or(p.port))).collect();
                     e
                 })
-                .collect()
-        } else {
-            let mut eps: Vec<Endpoint> = spec
-                .endpoints
-                .iter()
-                .map(|e| Endpoint {
-                    address: e.address.clone(),
-                    ports: e
-                        .ports
-                        .iter()
-                        .filter_map(|(n, p)| port_u16(i64::from(*p)).map(|p| (n.clone(), p)))
-                        .collect(),
-                    labels: e.labels.clone(),
-                    service_account: Some(e.service_account.clone()).filter(|s| !s.is_empty()),
-                    namespace: namespace.clone(),
-                    weight: e.weight,
-                    locality: Some(e.locality.clone()).filter(|l| !l.is_empty()),
-                    ready: true,
-                })
                 .collect();
-            eps.sort_by(|a, b| a.address.cmp(&b.address));
+            eps.extend(
+                config
+                    .workload_entries_in(&namespace)
+                    .filter(|we| selects(&ws.labels, &we.spec.labels))
+                    .map(|we| endpoint_from_entry(&we.spec, &namespace)),
+            );
             eps
+        } else {
+            spec.endpoints.iter().map(|e| endpoint_from_entry(e, &namespace)).collect()
         };
+        endpoints.sort_by(|a, b| a.address.cmp(&b.address));
         let mut service_accounts: BTreeSet<String> = spec.subject_alt_names.iter().cloned().collect();
         service_accounts.extend(
             endpoints
@@ -546,7 +563,7 @@ impl<'m> Builder<'m> {
             .iter()
             .map(|e| if e == "." { namespace.clone() } else { e.clone() })
             .collect::<BTreeSet<_>>();
-        let resolution = match resolution {
+        let resolution = match spec.resolution.unwrap_or(SeResolution::None) {
             SeResolution::None => Resolution::Passthrough,
             SeResolution::Static => Resolution::Static,
             SeResolution::Dns => Resolution::Dns,
@@ -580,6 +597,31 @@ impl<'m> Builder<'m> {
             .collect()
     }
 }
+
+/// An endpoint from a ServiceEntry `endpoints` entry or a selected WorkloadEntry. As istiod does,
+/// an entry with a service account but no `security.istio.io/tlsMode` label is taken to run a
+/// sidecar (Istio mTLS).
+fn endpoint_from_entry(e: &WorkloadEntrySpec, namespace: &str) -> Endpoint {
+    let mut labels = e.labels.clone();
+    if !e.service_account.is_empty() && !labels.contains_key(TLS_MODE_LABEL) {
+        labels.insert(TLS_MODE_LABEL.to_string(), "istio".to_string());
+    }
+    Endpoint {
+        address: e.address.clone(),
+        ports: e
+            .ports
+            .iter()
+            .filter_map(|(n, p)| port_u16(i64::from(*p)).map(|p| (n.clone(), p)))
+            .collect(),
+        labels,
+        service_account: Some(e.service_account.clone()).filter(|s| !s.is_empty()),
+        namespace: namespace.to_string(),
+        weight: e.weight,
+        locality: Some(e.locality.clone()).filter(|l| !l.is_empty()),
+        ready: true,
+    }
+}
+
 
 /// `networking.istio.io/exportTo` annotation on a Kubernetes Service (comma separated).
 fn export_to_of(annotations: Option<&BTreeMap<String, String>>, namespace: &str) -> BTreeSet<String> {
@@ -775,15 +817,15 @@ mod tests {
     #[test]
     fn service_entry_hosts_ports_and_defaults() {
         let (w, d) = world(vec![mk_service_entry("ext", json!({
-            "hosts": ["API.example.com", "b.example.com"],
-            "ports": [{"number": 443, "name": "https", "protocol": "TLS"}, {"number": 80, "name": "web"}],
+            "hosts": ["api.example.com", "b.example.com"],
+            "ports": [{"number": 443, "name": "https", "protocol": "TLS"}, {"number": 80, "name": "web", "protocol": "HTTP"}],
             "resolution": "DNS", "exportTo": ["."], "subjectAltNames": ["spiffe://x/y"]}))]);
         assert!(d.is_empty(), "{d:?}");
         let s = w.service("api.example.com").unwrap();
         assert_eq!(s.resolution, Resolution::Dns);
         assert_eq!(s.location, Location::MeshExternal);
         assert_eq!(s.ports[0].protocol, Protocol::Tls);
-        assert_eq!(s.ports[1].protocol, Protocol::Unspecified);
+        assert_eq!(s.ports[1].protocol, Protocol::Http);
         assert!(s.visible_from("default") && !s.visible_from("other"));
         assert!(s.service_accounts.contains("spiffe://x/y"));
         assert!(w.service("b.example.com").is_some());
@@ -797,12 +839,12 @@ mod tests {
     #[case::duplicate_name(json!({"hosts": ["a.com"], "ports": [{"number": 80, "name": "a"}, {"number": 81, "name": "a"}]}), "spec.ports[1].name")]
     #[case::bad_port(json!({"hosts": ["a.com"], "ports": [{"number": 99999, "name": "a"}]}), "spec.ports[0].number")]
     #[case::bad_target_port(json!({"hosts": ["a.com"], "ports": [{"number": 1, "name": "a", "targetPort": 99999}]}), "spec.ports[0].targetPort")]
-    #[case::cidr_dns(json!({"hosts": ["a.com"], "addresses": ["1.2.3.4/16"], "resolution": "DNS"}), "spec.addresses[0]")]
+    #[case::cidr_dns(json!({"hosts": ["a.com"], "addresses": ["1.2.3.4/16"], "resolution": "DNS"}), "spec.addresses")]
     #[case::none_with_endpoints(json!({"hosts": ["a.com"], "endpoints": [{"address": "1.2.3.4"}], "resolution": "NONE"}), "spec.endpoints")]
     #[case::dns_rr_many(json!({"hosts": ["a.com"], "resolution": "DNS_ROUND_ROBIN", "endpoints": [{"address": "a"}, {"address": "b"}]}), "spec.endpoints")]
-    #[case::selector_and_endpoints(json!({"hosts": ["a.com"], "resolution": "STATIC", "workloadSelector": {"labels": {"a": "b"}}, "endpoints": [{"address": "1.2.3.4"}]}), "spec.workloadSelector")]
-    #[case::selector_wildcard(json!({"hosts": ["a.com"], "workloadSelector": {"labels": {"val": "*"}}}), "spec.workloadSelector.labels.val")]
-    #[case::unknown_endpoint_port(json!({"hosts": ["a.com"], "resolution": "STATIC", "ports": [{"number": 80, "name": "http"}], "endpoints": [{"address": "1.2.3.4", "ports": {"htp": 8080}}]}), "spec.endpoints[0].ports.htp")]
+    #[case::selector_and_endpoints(json!({"hosts": ["a.com"], "resolution": "STATIC", "workloadSelector": {"labels": {"a": "b"}}, "endpoints": [{"address": "1.2.3.4"}]}), "spec")]
+    #[case::selector_wildcard(json!({"hosts": ["a.com"], "workloadSelector": {"labels": {"val": "*"}}}), "spec.workloadSelector.labels[val]")]
+    #[case::unknown_endpoint_port(json!({"hosts": ["a.com"], "resolution": "STATIC", "ports": [{"number": 80, "name": "http"}], "endpoints": [{"address": "1.2.3.4", "ports": {"htp": 8080}}]}), "spec.endpoints[0].ports[htp]")]
     #[case::static_hostname(json!({"hosts": ["a.com"], "resolution": "STATIC", "endpoints": [{"address": "foo.com"}]}), "spec.endpoints[0].address")]
     #[case::unknown_protocol(json!({"hosts": ["a.com"], "ports": [{"number": 80, "name": "a", "protocol": "FTP"}]}), "spec.ports[0].protocol")]
     fn invalid_service_entries_are_skipped_with_a_field_path(#[case] spec: serde_json::Value, #[case] field: &str) {
@@ -835,6 +877,48 @@ mod tests {
         assert_eq!(s.location, Location::MeshInternal);
         assert_eq!(s.endpoints.len(), 1);
         assert_eq!(s.endpoint_port(&s.endpoints[0], &s.ports[0]), Some(8080));
+    }
+
+    #[test]
+    fn service_entry_selects_workload_entries_of_its_namespace() {
+        let (w, d) = world(vec![
+            mk_service_entry("vm", json!({"hosts": ["vm.internal"], "resolution": "STATIC", "location": "MESH_INTERNAL",
+                "ports": [{"number": 80, "name": "http", "targetPort": 8080}], "workloadSelector": {"labels": {"app": "vm"}}})),
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+                "metadata": {"name": "vm-1", "namespace": "default"},
+                "spec": {"address": "10.9.0.1", "labels": {"app": "vm"}, "serviceAccount": "vm-sa", "ports": {"http": 9090}}}),
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+                "metadata": {"name": "vm-other-ns", "namespace": "other"},
+                "spec": {"address": "10.9.0.2", "labels": {"app": "vm"}}}),
+            mk_pod("vm-pod", "10.2.0.1", json!({"app": "vm"}), json!([])),
+        ]);
+        assert!(d.is_empty(), "{d:?}");
+        let s = w.service("vm.internal").unwrap();
+        let eps: Vec<_> = s.endpoints.iter().map(|e| (e.address.as_str(), s.endpoint_port(e, &s.ports[0]))).collect();
+        assert_eq!(eps, vec![("10.2.0.1", Some(8080)), ("10.9.0.1", Some(9090))]);
+        // A WorkloadEntry with a service account is taken to run a sidecar.
+        assert!(s.endpoints[1].has_sidecar());
+        assert!(s.service_accounts.contains("spiffe://cluster.local/ns/default/sa/vm-sa"));
+        assert_eq!(w.config.workload_entries.len(), 2);
+    }
+
+    #[test]
+    fn invalid_istio_objects_are_skipped_and_valid_ones_kept_oldest_first() {
+        let vs = |name: &str, created: &str, spec: serde_json::Value| {
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": name, "namespace": "default", "creationTimestamp": created}, "spec": spec})
+        };
+        let route = json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]});
+        let (w, d) = world(vec![
+            vs("newer", "2024-02-01T00:00:00Z", route.clone()),
+            vs("older", "2024-01-01T00:00:00Z", route),
+            vs("bad", "2024-01-01T00:00:00Z", json!({"hosts": ["a.com"]})),
+        ]);
+        let names: Vec<&str> = w.config.virtual_services.iter().map(|v| v.meta.name.as_str()).collect();
+        assert_eq!(names, vec!["older", "newer"]);
+        assert_eq!(w.config.virtual_services[0].spec.hosts, vec!["reviews.default.svc.cluster.local"]);
+        assert!(d.iter().all(|d| d.object == "VirtualService default/bad"), "{d:?}");
+        assert!(d.iter().any(|d| d.severity == crate::diag::Severity::Error));
     }
 
     #[rstest]
