@@ -108,6 +108,9 @@ impl Pusher {
     /// Follows the store until it is dropped: debounce, then push.
     pub async fn run(self: Arc<Self>) {
         let mut rx = self.store.subscribe();
+        // Sources may have filled the store before this task subscribed; a fresh receiver counts
+        // that as seen, so start with one push rather than waiting for the next change.
+        rx.mark_changed();
         loop {
             if rx.changed().await.is_err() {
                 return;

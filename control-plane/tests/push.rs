@@ -136,3 +136,21 @@ async fn debounce_max_bounds_the_wait() {
     writer.await.expect("writer");
     task.abort();
 }
+
+#[tokio::test]
+async fn changes_made_before_the_loop_starts_are_pushed() {
+    let store = Arc::new(Store::new(["files"]));
+    upsert(&store, "a.yaml", &service("reviews", 9080));
+    store.apply(ConfigEvent::Synced { source: "files".into() });
+    let p = pusher(&store, Debounce { after: Duration::from_millis(10), max: Duration::from_secs(1) });
+    assert!(!p.ready());
+    let task = tokio::spawn(Arc::clone(&p).run());
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !p.ready() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the loop pushes what the store held before it subscribed");
+    task.abort();
+}
