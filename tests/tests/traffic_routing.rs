@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use anyhow::{bail, ensure};
 use sailplane_tests::fixtures::{fqdn, outbound_cluster};
 use sailplane_tests::ports::free_port;
-use sailplane_tests::traffic::{Backend, Call, Client, Mesh, expect_backend, expect_status, report, send, wait_virtual_host_with};
+use sailplane_tests::traffic::{Backend, Call, Client, Mesh, expect_backend, report, wait_virtual_host_with};
 use sailplane_tests::{ConfigDir, EchoServer};
 
 /// Requests of the weighted-split case.

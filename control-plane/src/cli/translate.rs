@@ -83,10 +83,8 @@ pub fn render(args: &TranslateArgs) -> anyhow::Result<String> {
     }
 
     let mut id = args.proxy.clone();
-    if let Some(t) = &args.r#type {
-        if let Some((_, rest)) = id.split_once('~') {
-            id = format!("{t}~{rest}");
-        }
+    if let (Some(t), Some((_, rest))) = (&args.r#type, args.proxy.split_once('~')) {
+        id = format!("{t}~{rest}");
     }
     let labels = parse_labels(&args.labels)?;
     let node = Node {
