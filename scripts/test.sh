@@ -17,6 +17,9 @@ export SAILPLANE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/sailplane"
 log "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 
+# helm lint/template of charts/sailplane and the checks of what it renders (installs helm itself).
+bash scripts/check-chart.sh
+
 log "cargo test --workspace"
 cargo test --workspace
 

@@ -28,6 +28,9 @@ enum Command {
     Agent(Box<cli::agent::AgentArgs>),
     /// Bearer tokens for the CA in file mode (VMs and local proxies).
     Token(cli::token::TokenArgs),
+    /// Print the CustomResourceDefinitions of the Istio kinds (for the Helm chart).
+    #[command(hide = true)]
+    Crds(cli::crds::CrdsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(cli::agent::run(*args))
         }
         Command::Token(args) => cli::token::run(&args),
+        Command::Crds(args) => cli::crds::run(&args),
         Command::Translate(args) => cli::translate::run(&args),
         Command::Analyze(args) => {
             let code = cli::analyze::run(&args)?;

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::fixtures::{fqdn, mk_service_with_endpoints};
@@ -376,4 +377,63 @@ pub async fn wait_listener_port(envoy: &Envoy, port: u16) -> anyhow::Result<Stri
 /// A counter from Envoy's `/stats`, 0 when Envoy has not created it yet.
 pub async fn counter(envoy: &Envoy, name: &str) -> anyhow::Result<u64> {
     Ok(envoy.stat(name).await?.unwrap_or(0))
+}
+
+/// Copies the YAML files of `examples/<name>` into a new [`ConfigDir`], moving port numbers: every
+/// `port`, `number`, `targetPort` or `containerPort` field equal to `from` becomes `to`, for each
+/// `(from, to)` in `moves` (an example uses the ports its README names; a test needs free ones).
+/// Fails when a `from` port appears nowhere, so the example and its test cannot drift apart.
+pub fn load_example(name: &str, moves: &[(u16, u16)]) -> anyhow::Result<ConfigDir> {
+    fn walk(v: &mut Value, moves: &[(u16, u16)], used: &mut [bool]) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    let is_port = matches!(k.as_str(), "port" | "number" | "targetPort" | "containerPort");
+                    if is_port
+                        && let Some(n) = x.as_u64()
+                        && let Some(i) = moves.iter().position(|(from, _)| u64::from(*from) == n)
+                    {
+                        *x = Value::from(moves[i].1);
+                        used[i] = true;
+                    } else {
+                        walk(x, moves, used);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|x| walk(x, moves, used)),
+            _ => {}
+        }
+    }
+    let src = crate::paths::workspace_root().join("examples").join(name);
+    let out = ConfigDir::new()?;
+    let mut used = vec![false; moves.len()];
+    let mut files = 0;
+    for entry in std::fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        files += 1;
+        let text = std::fs::read_to_string(&path)?;
+        let mut docs = String::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let mut v = Value::deserialize(doc).with_context(|| format!("parsing {}", path.display()))?;
+            if v.is_null() {
+                continue;
+            }
+            walk(&mut v, moves, &mut used);
+            docs.push_str("---\n");
+            docs.push_str(&serde_yaml_ng::to_string(&v)?);
+        }
+        let file_name = path.file_name().and_then(|n| n.to_str()).context("example file name")?;
+        out.write(file_name, &docs)?;
+    }
+    if files == 0 {
+        bail!("no YAML files in {}", src.display());
+    }
+    let unused: Vec<u16> = moves.iter().zip(&used).filter(|(_, u)| !**u).map(|((from, _), _)| *from).collect();
+    if !unused.is_empty() {
+        bail!("examples/{name} uses none of the ports {unused:?} its test moves (did the example change?)");
+    }
+    Ok(out)
 }

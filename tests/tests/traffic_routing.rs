@@ -9,8 +9,10 @@ use std::net::Ipv4Addr;
 use anyhow::{bail, ensure};
 use sailplane_tests::fixtures::{fqdn, outbound_cluster};
 use sailplane_tests::ports::free_port;
-use sailplane_tests::traffic::{Backend, Call, Client, Mesh, expect_backend, report, wait_virtual_host_with};
-use sailplane_tests::{ConfigDir, EchoServer};
+use sailplane_tests::traffic::{
+    Backend, Call, Client, Mesh, expect_backend, expect_status, load_example, report, send, wait_virtual_host_with,
+};
+use sailplane_tests::{ConfigDir, EchoServer, EnvoyOptions, XdsApi};
 
 /// Requests of the weighted-split case.
 const SPLIT_REQUESTS: u32 = 500;
@@ -23,42 +25,28 @@ const SPLIT_REQUESTS: u32 = 500;
 /// or drops them (100/0) is far outside it.
 const SPLIT_TOLERANCE_POINTS: f64 = 6.0;
 
+/// `examples/canary` as its README walks through it: the tester override, then the 80/20 split.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weighted_split_sends_80_20_within_tolerance() -> anyhow::Result<()> {
-    let dir = ConfigDir::new()?;
-    let stable = Backend::start(&dir, "checkout").await?;
-    let canary = Backend::start(&dir, "checkout-canary").await?;
-    dir.write(
-        "checkout-canary.vs.yaml",
-        r#"
-# A canary release: 80 % of the calls to checkout stay on the current version, 20 % go to the
-# canary deployment (its own Service).
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: checkout
-  namespace: default
-spec:
-  hosts:
-  - checkout
-  http:
-  - name: canary-split
-    route:
-    - destination:
-        host: checkout
-      weight: 80
-    - destination:
-        host: checkout-canary
-      weight: 20
-"#,
-    )?;
-    let mesh = Mesh::sidecar(&dir).await?;
-    let vh = wait_virtual_host_with(&mesh.envoy, &stable.vhost(), "weighted_clusters").await?;
+async fn canary_example_splits_80_20_within_tolerance() -> anyhow::Result<()> {
+    let stable = EchoServer::start("checkout").await?;
+    let canary = EchoServer::start("checkout-canary").await?;
+    let port = free_port()?;
+    // The example's ports (README: listener 8080, pods on 8001 and 8002) moved to free ones.
+    let dir = load_example("canary", &[(8080, port), (8001, stable.port()), (8002, canary.port())])?;
+    let storefront = EnvoyOptions::sidecar("storefront", XdsApi::Sotw).in_namespace("shop");
+    let mesh = Mesh::start(&dir, &[], &storefront).await?;
+    let vhost = format!("{}:{port}", fqdn("checkout", "shop"));
+    let vh = wait_virtual_host_with(&mesh.envoy, &vhost, "weighted_clusters").await?;
+
+    const TESTER_REQUESTS: u32 = 20;
+    for i in 0..TESTER_REQUESTS {
+        expect_backend(&Call::new(port, "checkout", &format!("/who?tester={i}")).header("x-canary", "always"), "checkout-canary").await?;
+    }
 
     let client = Client::keep_alive()?;
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     for i in 0..SPLIT_REQUESTS {
-        let call = stable.call(&format!("/cart?request={i}"));
+        let call = Call::new(port, "checkout", &format!("/who?request={i}"));
         let r = client.send(&call).await?;
         let Some(backend) = r.backend().filter(|_| r.status == 200) else {
             bail!("{}", report(&call, "status 200 from checkout or checkout-canary", &r));
@@ -70,15 +58,15 @@ spec:
     let canary_share = 100.0 * f64::from(to_canary) / f64::from(SPLIT_REQUESTS);
     ensure!(
         to_stable + to_canary == SPLIT_REQUESTS && (canary_share - 20.0).abs() <= SPLIT_TOLERANCE_POINTS,
-        "\n  request:  {SPLIT_REQUESTS} x GET 127.0.0.1:{}/cart (Host: checkout)\n  expected: checkout-canary share 20 % +- {SPLIT_TOLERANCE_POINTS} points, \
-         the rest checkout\n  got:      {counts:?} (canary share {canary_share:.1} %)\n  Envoy virtual host: {vh}",
-        stable.port
+        "\n  request:  {SPLIT_REQUESTS} x GET 127.0.0.1:{port}/who (Host: checkout)\n  expected: checkout-canary share 20 % +- \
+         {SPLIT_TOLERANCE_POINTS} points, the rest checkout\n  got:      {counts:?} (canary share {canary_share:.1} %)\n  \
+         Envoy virtual host: {vh}"
     );
     ensure!(
-        stable.echo.hits() == u64::from(to_stable) && canary.echo.hits() == u64::from(to_canary),
-        "backends' own counts disagree with the replies: checkout {} canary {}, replies {counts:?}",
-        stable.echo.hits(),
-        canary.echo.hits()
+        stable.hits() == u64::from(to_stable) && canary.hits() == u64::from(to_canary + TESTER_REQUESTS),
+        "backends' own counts disagree with the replies: checkout {} canary {}, replies {counts:?} plus {TESTER_REQUESTS} tester calls",
+        stable.hits(),
+        canary.hits()
     );
     Ok(())
 }
@@ -386,3 +374,73 @@ spec:
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_and_direct_responses_answer_without_the_backend() -> anyhow::Result<()> {
+    let dir = ConfigDir::new()?;
+    let web = Backend::start(&dir, "web").await?;
+    dir.write(
+        "web.vs.yaml",
+        r#"
+# A page that moved to another site (301, the default), a page that moved on this site (302),
+# an endpoint answered by the proxy itself, and everything else to the backend.
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: web
+  namespace: default
+spec:
+  hosts:
+  - web
+  http:
+  - name: moved-away
+    match:
+    - uri:
+        exact: /old-page
+    redirect:
+      uri: /new-page
+      authority: www.example.com
+  - name: moved-here
+    match:
+    - uri:
+        exact: /catalog
+    redirect:
+      uri: /v2/catalog
+      redirectCode: 302
+  - name: teapot
+    match:
+    - uri:
+        prefix: /coffee
+    directResponse:
+      status: 418
+      body:
+        string: "I'm a teapot"
+  - name: backend
+    route:
+    - destination:
+        host: web
+"#,
+    )?;
+    let mesh = Mesh::sidecar(&dir).await?;
+    wait_virtual_host_with(&mesh.envoy, &web.vhost(), "\"name\":\"teapot\"").await?;
+
+    let redirects = [
+        ("/old-page", 301, "http://www.example.com/new-page"),
+        ("/catalog", 302, "http://web/v2/catalog"),
+    ];
+    for (path, code, location) in redirects {
+        let call = web.call(path);
+        let r = send(&call).await?;
+        ensure!(
+            r.status == code && r.header("location") == Some(location) && r.backend().is_none(),
+            "{}",
+            report(&call, &format!("status {code} with location {location}, from Envoy"), &r)
+        );
+    }
+    let call = web.call("/coffee/espresso");
+    let r = expect_status(&call, 418).await?;
+    ensure!(r.body == "I'm a teapot", "{}", report(&call, "status 418 with body \"I'm a teapot\"", &r));
+    ensure!(web.echo.hits() == 0, "the backend received {} requests; redirects and direct responses must not reach it", web.echo.hits());
+    // Anything else still reaches the backend.
+    expect_backend(&web.call("/old-page/details"), "web").await?;
+    Ok(())
+}

@@ -1,109 +1,174 @@
-//! Translation cost (performance.md scenario P3, service-discovery slice): one sidecar's full
-//! config in a mesh of N Kubernetes Services with two pods each, and the per-cluster cost.
+//! Translation cost, performance.md scenario P3: Istio's load-test mesh of 1,000 Services (20
+//! namespaces, two pods each: 2,000 pods), 1,000 VirtualServices (a 90/10 canary split over two
+//! subsets, with retries and a timeout) and 1,000 DestinationRules (two subsets, connection pool,
+//! outlier detection), all generated as the Kubernetes/Istio objects a user would apply.
+//!
+//! Measured:
+//! - `p3_sidecar_full`: one sidecar's complete configuration (CDS, EDS, LDS, RDS) from a built world;
+//! - `p3_sidecar_{cds_eds,lds_rds}`: the same, split by builder;
+//! - `p3_world_build`: validating and assembling the world from all objects (once per change, shared
+//!   by every proxy);
+//! - `p3_one_service_change`: after one Service changed, rebuilding the world and translating one
+//!   affected proxy;
+//! - `plain_sidecar_full`: the same 1,000 Services and 2,000 pods without VirtualServices and
+//!   DestinationRules (the service-discovery slice's scenario, one cluster per service).
 //!
 //! `cargo bench -p sailplane-translator --bench translate`
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use criterion::{Criterion, criterion_group, criterion_main};
-use sailplane_translator::model::{Endpoint, Location, Protocol, Resolution, Service, ServiceOrigin, ServicePort, World};
+use sailplane_translator::api::{Object, parse_object};
 use sailplane_translator::build::{Ctx, cluster, endpoint, listener, route};
+use sailplane_translator::model::{MeshConfig, build_world};
 use sailplane_translator::{ProxyProfile, ResourceSet, TypeUrl, build};
+use serde_json::json;
 
-fn mesh(n: usize) -> World {
-    let mut services: Vec<Arc<Service>> = (0..n)
-        .map(|i| {
-            let name = format!("svc-{i:04}");
-            let ns = format!("ns-{}", i % 20);
-            let endpoints = (0..2)
-                .map(|j| Endpoint {
-                    address: format!("10.{}.{}.{}", 1 + i / 250, i % 250, 10 + j),
-                    ports: [("http".to_string(), 8080)].into_iter().collect(),
-                    labels: [("app".to_string(), name.clone()), ("security.istio.io/tlsMode".to_string(), "istio".to_string())]
-                        .into_iter()
-                        .collect(),
-                    service_account: Some(name.clone()),
-                    namespace: ns.clone(),
-                    weight: 0,
-                    locality: None,
-                    ready: true,
-                })
-                .collect();
-            Arc::new(Service {
-                hostname: format!("{name}.{ns}.svc.cluster.local"),
-                namespace: ns,
-                name: name.clone(),
-                addresses: vec![format!("10.96.{}.{}", i / 250, i % 250)],
-                ports: vec![ServicePort {
-                    name: "http".into(),
-                    port: 8080,
-                    protocol: Protocol::Http,
-                    target_port: None,
-                    target_port_name: None,
-                }],
-                resolution: Resolution::Static,
-                location: Location::MeshInternal,
-                origin: ServiceOrigin::Kubernetes,
-                selector: Some([("app".to_string(), name)].into_iter().collect::<BTreeMap<_, _>>()),
-                endpoints,
-                service_accounts: Default::default(),
-                export_to: Default::default(),
-                created: String::new(),
-            })
-        })
-        .collect();
-    services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-    World {
-        services,
-        ..World::default()
+const SERVICES: usize = 1000;
+const NAMESPACES: usize = 20;
+
+fn name(i: usize) -> (String, String) {
+    (format!("svc-{i:04}"), format!("ns-{}", i % NAMESPACES))
+}
+
+/// The objects of service `i`: Service, two Pods (v1, v2), VirtualService, DestinationRule.
+/// `generation` changes the Service (a new port) to model an update.
+fn service_objects(i: usize, generation: u32) -> Vec<serde_json::Value> {
+    let (svc, ns) = name(i);
+    let mut ports = vec![json!({"name": "http", "port": 8080, "targetPort": 8080})];
+    if generation > 0 {
+        ports.push(json!({"name": "http-admin", "port": 9000 + generation}));
     }
+    let mut out = vec![json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": svc, "namespace": ns},
+        "spec": {"clusterIP": format!("10.96.{}.{}", i / 250, i % 250), "selector": {"app": svc}, "ports": ports}
+    })];
+    for (j, version) in ["v1", "v2"].iter().enumerate() {
+        out.push(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{svc}-{version}"), "namespace": ns,
+                "labels": {"app": svc, "version": version, "security.istio.io/tlsMode": "istio"}},
+            "spec": {"serviceAccountName": svc, "containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", 1 + i / 250, i % 250, 10 + j)}
+        }));
+    }
+    out.push(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": svc, "namespace": ns},
+        "spec": {"hosts": [svc], "http": [{
+            "timeout": "5s",
+            "retries": {"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx,connect-failure"},
+            "route": [
+                {"destination": {"host": svc, "subset": "v1"}, "weight": 90},
+                {"destination": {"host": svc, "subset": "v2"}, "weight": 10}
+            ]}]}
+    }));
+    out.push(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": svc, "namespace": ns},
+        "spec": {"host": svc,
+            "trafficPolicy": {
+                "connectionPool": {"tcp": {"maxConnections": 100}, "http": {"http1MaxPendingRequests": 50}},
+                "outlierDetection": {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s"}},
+            "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}
+    }));
+    out
+}
+
+/// The previous slice's mesh for continuity: Services and Pods only (no VirtualServices or
+/// DestinationRules): one cluster per service.
+fn plain_mesh_objects() -> Vec<Object> {
+    (0..SERVICES)
+        .flat_map(|i| service_objects(i, 0).into_iter().take(3))
+        .map(|v| parse_object(v).unwrap())
+        .collect()
+}
+
+fn mesh_objects(changed: Option<(usize, u32)>) -> Vec<Object> {
+    (0..SERVICES)
+        .flat_map(|i| {
+            let generation = changed.filter(|(c, _)| *c == i).map_or(0, |(_, g)| g);
+            service_objects(i, generation)
+        })
+        .map(|v| parse_object(v).unwrap())
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {
-    let world = mesh(1000);
+    let mesh = MeshConfig::default();
+    let objects = mesh_objects(None);
+    let (world, diags) = build_world(&objects, &mesh);
+    assert!(diags.is_empty(), "{diags:?}");
     let proxy = ProxyProfile {
         namespace: "ns-0".into(),
         labels: [("app".to_string(), "svc-0000".to_string())].into_iter().collect(),
         ..ProxyProfile::default()
     };
     let set = build(&world, &proxy);
+    let clusters = set.of(TypeUrl::Cluster).len();
     eprintln!(
-        "1000 services -> {} clusters, {} endpoints, {} listeners, {} routes, {} bytes",
-        set.of(TypeUrl::Cluster).len(),
+        "P3 mesh: {SERVICES} services, {} pods, {} virtual services, {} destination rules -> {clusters} clusters, {} endpoints, {} listeners, {} routes, {} bytes",
+        world.workloads.len(),
+        world.config.virtual_services.len(),
+        world.config.destination_rules.len(),
         set.of(TypeUrl::Endpoint).len(),
         set.of(TypeUrl::Listener).len(),
         set.of(TypeUrl::Route).len(),
         set.encoded_len()
     );
-    c.bench_function("sidecar_1000_services_full", |b| b.iter(|| build(&world, &proxy)));
-    let ctx = Ctx::new(&world, &proxy);
-    c.bench_function("sidecar_1000_services_cds", |b| {
+
+    c.bench_function("p3_sidecar_full", |b| b.iter(|| build(&world, &proxy)));
+    c.bench_function("p3_sidecar_cds_eds", |b| {
         b.iter(|| {
+            let ctx = Ctx::new(&world, &proxy);
             let mut s = ResourceSet::new();
-            cluster::build_clusters(&ctx, &mut s, false);
-            s
-        })
-    });
-    c.bench_function("sidecar_1000_services_eds", |b| {
-        b.iter(|| {
-            let mut s = ResourceSet::new();
-            let eds = cluster::build_clusters(&ctx, &mut ResourceSet::new(), false);
+            let eds = cluster::build_clusters(&ctx, &mut s, false);
             endpoint::build_endpoints(&eds, &mut s);
             s
         })
     });
-    c.bench_function("sidecar_1000_services_lds_rds", |b| {
+    c.bench_function("p3_sidecar_lds_rds", |b| {
         b.iter(|| {
+            let ctx = Ctx::new(&world, &proxy);
             let mut s = ResourceSet::new();
             let names = listener::build_listeners(&ctx, &mut s);
             route::build_routes(&ctx, &names, &mut s);
             s
         })
     });
+    c.bench_function("p3_world_build", |b| b.iter(|| build_world(&objects, &mesh)));
+
+    let (plain, _) = build_world(&plain_mesh_objects(), &mesh);
+    let plain_set = build(&plain, &proxy);
+    eprintln!(
+        "plain mesh (no VirtualService/DestinationRule): {} clusters, {} bytes",
+        plain_set.of(TypeUrl::Cluster).len(),
+        plain_set.encoded_len()
+    );
+    c.bench_function("plain_sidecar_full", |b| b.iter(|| build(&plain, &proxy)));
+
+    // One Service changes (a port is added); its clients are the affected proxies.
+    let mut generation = 0;
+    c.bench_function("p3_one_service_change", |b| {
+        // The changed objects are made (and dropped) outside the measurement.
+        b.iter_batched_ref(
+            || {
+                generation += 1;
+                mesh_objects(Some((500, generation)))
+            },
+            |changed| {
+                let (w, _) = build_world(changed.iter(), &mesh);
+                build(&w, &proxy)
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = bench
+}
 criterion_main!(benches);

@@ -3,8 +3,6 @@
 //! Tools built for Istio (istioctl, dashboards, EnvoyFilters written by users) find resources by
 //! these names, so they follow istiod byte for byte. Nothing else in the crate formats a name.
 
-use std::fmt::Write as _;
-
 /// Catch-all cluster that drops traffic (STATIC, no endpoints).
 pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 /// Outbound cluster to the original destination (ALLOW_ANY).
@@ -66,10 +64,34 @@ impl Direction {
     }
 }
 
+/// Appends the decimal form of `n` (cluster names are built millions of times; `fmt` machinery
+/// is several times slower than this).
+fn push_u16(s: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        s.push(char::from(*d));
+    }
+}
+
 /// `outbound|<port>|<subset>|<host>` (subset empty when none).
 pub fn outbound_cluster(port: u16, subset: &str, host: &str) -> String {
     let mut s = String::with_capacity(16 + subset.len() + host.len());
-    let _ = write!(s, "outbound|{port}|{subset}|{host}");
+    s.push_str("outbound|");
+    push_u16(&mut s, port);
+    s.push('|');
+    s.push_str(subset);
+    s.push('|');
+    s.push_str(host);
     s
 }
 
@@ -80,7 +102,14 @@ pub fn inbound_cluster(target_port: u16) -> String {
 
 /// The SNI form of a cluster name: `outbound_.<port>_.<subset>_.<host>`.
 pub fn sni_cluster(port: u16, subset: &str, host: &str) -> String {
-    format!("outbound_.{port}_.{subset}_.{host}")
+    let mut s = String::with_capacity(20 + subset.len() + host.len());
+    s.push_str("outbound_.");
+    push_u16(&mut s, port);
+    s.push_str("_.");
+    s.push_str(subset);
+    s.push_str("_.");
+    s.push_str(host);
+    s
 }
 
 /// A parsed `direction|port|subset|host` cluster name.
@@ -118,11 +147,17 @@ pub fn listener(bind: &str, port: u16) -> String {
 /// `host:port`, with IPv6 literals bracketed (Go's `net.JoinHostPort`): names virtual hosts and
 /// sniffed route configurations.
 pub fn domain_port(host: &str, port: u16) -> String {
+    let mut s = String::with_capacity(host.len() + 8);
     if host.contains(':') {
-        format!("[{host}]:{port}")
+        s.push('[');
+        s.push_str(host);
+        s.push(']');
     } else {
-        format!("{host}:{port}")
+        s.push_str(host);
     }
+    s.push(':');
+    push_u16(&mut s, port);
+    s
 }
 
 /// Shared outbound route configuration of an HTTP port: `"9080"`.
@@ -158,7 +193,10 @@ pub fn gateway_https_route(server_port: u16, port_name: &str, gateway: &str, nam
 
 /// Stat prefixes carry a trailing `;` so Istio's stats tooling can split them.
 pub fn delimited_stat_prefix(prefix: &str) -> String {
-    format!("{prefix};")
+    let mut s = String::with_capacity(prefix.len() + 1);
+    s.push_str(prefix);
+    s.push(';');
+    s
 }
 
 /// HCM stat prefix of an outbound listener: `outbound_0.0.0.0_9080;`.
@@ -192,6 +230,17 @@ mod tests {
         assert_eq!(outbound_cluster(port, subset, host), want);
         let parsed = parse_cluster(want).unwrap();
         assert_eq!((parsed.direction, parsed.port, parsed.subset, parsed.host), (Direction::Outbound, port, subset, host));
+    }
+
+    #[rstest]
+    #[case(0, "0")]
+    #[case(7, "7")]
+    #[case(80, "80")]
+    #[case(65535, "65535")]
+    fn port_digits(#[case] n: u16, #[case] want: &str) {
+        let mut s = String::new();
+        push_u16(&mut s, n);
+        assert_eq!(s, want);
     }
 
     #[rstest]

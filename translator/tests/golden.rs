@@ -199,7 +199,7 @@ fn golden() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     inputs.sort();
-    assert!(inputs.len() >= 10, "expected at least 10 golden cases in {}", dir.display());
+    assert!(inputs.len() >= 40, "expected at least 40 golden cases in {}", dir.display());
 
     let mut failures = Vec::new();
     for path in &inputs {

@@ -18,14 +18,18 @@ use crate::ca::{Authority, CaOptions};
 use crate::metrics::Metrics;
 use crate::push::{Debounce, Pusher};
 use crate::sources::files::{self, FileSource};
+use crate::sources::kube::{self as kube_source, KubeArgs, KubeSource, KubeSourceOptions};
+use crate::webhook::inject::InjectorConfig;
+use crate::webhook::{WebhookArgs, WebhookServer, WebhookState};
 use crate::store::Store;
 
 /// Flags of `sailplane discovery`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DiscoveryArgs {
-    /// Directory of YAML files (Kubernetes and Istio objects); watched for changes.
-    #[arg(long, value_name = "DIR")]
-    pub config: PathBuf,
+    /// Directory of YAML files (Kubernetes and Istio objects); watched for changes. Required unless
+    /// --kubernetes is given (both together read both).
+    #[arg(long, value_name = "DIR", required_unless_present = "kubernetes")]
+    pub config: Option<PathBuf>,
     /// MeshConfig YAML (rootNamespace, trustDomain, outboundTrafficPolicy, defaultConfig.proxyMetadata,
     /// enableAutoMtls). Either the MeshConfig itself or Istio's mesh ConfigMap.
     #[arg(long, value_name = "FILE")]
@@ -65,6 +69,12 @@ pub struct DiscoveryArgs {
     /// Workload certificate lifetime when a request names none (DEFAULT_WORKLOAD_CERT_TTL).
     #[arg(long, env = "DEFAULT_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
     pub workload_cert_ttl: Duration,
+    /// Kubernetes source.
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Admission webhooks (with --kubernetes).
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
 }
 
 /// Default CA state directory (relative to the working directory, so a local run needs no root
@@ -157,17 +167,37 @@ pub fn secure_tls_config(authority: &Arc<Authority>, listen: IpAddr) -> anyhow::
 
 /// Runs the control plane until interrupted.
 pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
-    let mesh = match &args.mesh_config {
-        Some(p) => load_mesh_config(p)?,
-        None => MeshConfig::default(),
+    let kube_client = if args.kube.kubernetes { Some(kube_source::client_from_env().await?) } else { None };
+    // In Kubernetes the mesh config is the `istio` ConfigMap of the system namespace, unless a file
+    // is given; its text is kept to report later edits (it is read once, at start).
+    let (mesh, initial_mesh) = match (&args.mesh_config, &kube_client) {
+        (Some(p), _) => (load_mesh_config(p)?, None),
+        (None, Some(client)) => {
+            match kube_source::read_mesh_config(client, &args.kube.istio_namespace, kube_source::MESH_CONFIGMAP).await? {
+                Some((mesh, text)) => (mesh, Some(text)),
+                None => (MeshConfig::default(), None),
+            }
+        }
+        (None, None) => (MeshConfig::default(), None),
     };
-    let LoadedCa { authority, authenticators } = load_ca(&args, &mesh.trust_domain)?;
+    let LoadedCa { authority, mut authenticators } = load_ca(&args, &mesh.trust_domain)?;
+    if let Some(client) = &kube_client {
+        // Pods authenticate with their projected service-account token (audience istio-ca).
+        authenticators.push(Arc::new(kube_source::review::TokenReviewAuthenticator::new(client.clone())));
+    }
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    let store = Arc::new(Store::new([files::SOURCE_NAME]));
+    let mut source_names = Vec::new();
+    if args.config.is_some() {
+        source_names.push(files::SOURCE_NAME);
+    }
+    if kube_client.is_some() {
+        source_names.push(kube_source::SOURCE_NAME);
+    }
+    let store = Arc::new(Store::new(source_names));
     let pusher = Arc::new(Pusher::new(
         Arc::clone(&store),
-        mesh,
+        mesh.clone(),
         Debounce { after: args.debounce_after, max: args.debounce_max },
         Arc::clone(&metrics),
     ));
@@ -188,9 +218,45 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     let status = xds.status();
     let admin_state = AdminState { store: Arc::clone(&store), pusher: Arc::clone(&pusher), status, registry: Arc::new(registry) };
 
-    let source = FileSource::new(&args.config, Arc::clone(&store));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(async move { source.run().await.context("file source") });
+    if let Some(dir) = &args.config {
+        let source = FileSource::new(dir, Arc::clone(&store));
+        tasks.spawn(async move { source.run().await.context("file source") });
+    }
+    if let Some(client) = kube_client {
+        let webhook_state = WebhookState {
+            injector: InjectorConfig::from_args(&args.webhook, &args.kube.istio_namespace, &mesh),
+            namespaces: Arc::clone(&store) as Arc<dyn crate::webhook::NamespaceLabels>,
+        };
+        let webhook =
+            WebhookServer::bind(&args.webhook, args.listen_address, &args.kube.istio_namespace, webhook_state).await?;
+        if let Some(webhook) = webhook {
+            info!(webhook = ?webhook.local_addr(), "admission webhooks serving /inject and /validate");
+            tasks.spawn(async move { webhook.run().await.context("webhook server") });
+        }
+        // Writes to the cluster (root cert ConfigMaps) only by the Lease holder; every replica serves.
+        let identity = args.kube.pod_name.clone().unwrap_or_else(kube_source::leader::default_identity);
+        let election = kube_source::leader::LeaderElection::new(
+            client.clone(),
+            &args.kube.istio_namespace,
+            kube_source::leader::DEFAULT_LEASE,
+            &identity,
+        );
+        let (leading, _election) = election.spawn();
+        let publisher = kube_source::rootcert::RootCertPublisher::new(
+            client.clone(),
+            Arc::clone(&store),
+            authority.root_pem().to_string(),
+            leading,
+        );
+        tasks.spawn(async move {
+            publisher.run().await;
+            Ok(())
+        });
+        let options = KubeSourceOptions { istio_namespace: args.kube.istio_namespace.clone(), initial_mesh };
+        let source = KubeSource::new(client, Arc::clone(&store), options);
+        tasks.spawn(async move { source.run().await.context("kubernetes source") });
+    }
     tasks.spawn({
         let pusher = Arc::clone(&pusher);
         async move {
@@ -213,7 +279,7 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
         });
         info!(secure = %secure_addr, trust_domain = %authority.options().trust_domain, "CA serving on the secure port");
     }
-    info!(xds = %xds_addr, monitoring = %mon_addr, config = %args.config.display(), "sailplane discovery started");
+    info!(xds = %xds_addr, monitoring = %mon_addr, config = ?args.config, kubernetes = args.kube.kubernetes, "sailplane discovery started");
 
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {

@@ -72,6 +72,17 @@ pub enum WebhookError {
     /// Accepting connections failed.
     #[error("webhook accept: {0}")]
     Accept(#[source] std::io::Error),
+    /// The port could not be bound.
+    #[error("binding webhook port {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The certificate could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Labels of namespaces, for the injection decision.
@@ -104,6 +115,70 @@ pub struct WebhookState {
     pub injector: InjectorConfig,
     /// Namespace labels.
     pub namespaces: Arc<dyn NamespaceLabels>,
+}
+
+impl InjectorConfig {
+    /// Injection settings from the flags, the system namespace and the mesh config.
+    pub fn from_args(args: &WebhookArgs, istio_namespace: &str, mesh: &sailplane_translator::model::MeshConfig) -> Self {
+        Self {
+            image: args.proxy_image.clone(),
+            image_pull_policy: args.proxy_image_pull_policy.clone(),
+            discovery_host: args
+                .injection_discovery_host
+                .clone()
+                .unwrap_or_else(|| format!("istiod.{istio_namespace}.svc")),
+            trust_domain: mesh.trust_domain.clone(),
+            proxy_metadata: mesh.proxy_metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A bound webhook server, ready to run.
+pub struct WebhookServer {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<WebhookState>,
+}
+
+impl WebhookServer {
+    /// Binds `listen:--webhook-port` with the flags' certificate (or a generated self-signed one
+    /// for `istiod.<istio_namespace>.svc`, localhost and 127.0.0.1). `None` when the port is 0.
+    pub async fn bind(
+        args: &WebhookArgs,
+        listen: std::net::IpAddr,
+        istio_namespace: &str,
+        state: WebhookState,
+    ) -> Result<Option<Self>, WebhookError> {
+        if args.webhook_port == 0 {
+            return Ok(None);
+        }
+        let tls = match (&args.webhook_cert, &args.webhook_key) {
+            (Some(cert), Some(key)) => tls::from_files(cert, key)?,
+            _ => {
+                warn!("no --webhook-cert/--webhook-key: serving the webhooks with a generated self-signed certificate");
+                let names = vec![
+                    format!("istiod.{istio_namespace}.svc"),
+                    "localhost".to_string(),
+                    "127.0.0.1".to_string(),
+                ];
+                tls::self_signed(&names)?.0
+            }
+        };
+        let addr = std::net::SocketAddr::new(listen, args.webhook_port);
+        let listener = TcpListener::bind(addr).await.map_err(|source| WebhookError::Bind { addr, source })?;
+        Ok(Some(Self { listener, tls, state: Arc::new(state) }))
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until dropped.
+    pub async fn run(self) -> Result<(), WebhookError> {
+        serve(self.listener, self.tls, self.state).await
+    }
 }
 
 /// Answers one injection request.

@@ -51,8 +51,9 @@ const DNS_REFRESH_SECS: i64 = 60;
 /// policies before they are packed) and its `filter_metadata.istio`.
 #[derive(Debug, Clone)]
 pub struct ClusterOut {
-    /// The cluster (its `metadata` and HTTP protocol options left empty).
-    pub cluster: Cluster,
+    /// The cluster (its `metadata` and HTTP protocol options left empty). Boxed: a `Cluster` is
+    /// several kilobytes, and clusters move through a few builder stages.
+    pub cluster: Box<Cluster>,
     /// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`, if any.
     pub http: Option<HttpProtocolOptions>,
     /// `filter_metadata.istio`, encoded separately (see [`wire`]).
@@ -65,9 +66,9 @@ impl ClusterOut {
         match &self.metadata {
             Some(m) => {
                 let extra = wire::metadata_field(CLUSTER_METADATA_TAG, &[("istio", m)]);
-                set.add_with_fields(TypeUrl::Cluster, self.cluster.name.clone(), &self.cluster, &extra);
+                set.add_with_fields(TypeUrl::Cluster, self.cluster.name.clone(), &*self.cluster, &extra);
             }
-            None => set.add(TypeUrl::Cluster, self.cluster.name.clone(), &self.cluster),
+            None => set.add(TypeUrl::Cluster, self.cluster.name.clone(), &*self.cluster),
         }
     }
 }
@@ -92,17 +93,17 @@ pub struct EdsTarget<'a> {
     /// Its port.
     pub port: &'a ServicePort,
     /// Subset labels endpoints must carry.
-    pub labels: Option<Labels>,
+    pub labels: Option<&'a Labels>,
 }
 
 /// Adds every cluster of the proxy to `set` and returns the EDS clusters to answer. Gateways
 /// with an AUTO_PASSTHROUGH server (`sni_dnat`) also get the SNI-named clusters of mesh services.
-pub fn build_clusters<'a>(ctx: &Ctx<'a>, set: &mut ResourceSet, sni_dnat: bool) -> Vec<EdsTarget<'a>> {
+pub fn build_clusters<'c>(ctx: &'c Ctx<'_>, set: &mut ResourceSet, sni_dnat: bool) -> Vec<EdsTarget<'c>> {
     let mut eds = Vec::with_capacity(ctx.services.len());
-    for svc in &ctx.services {
-        let rule = ctx.destination_rule(&svc.hostname);
-        let spec = rule.as_ref().map(|r| r.spec.as_ref());
-        let config_path = rule.as_ref().map(|r| r.primary().config_path());
+    for (i, svc) in ctx.services.iter().enumerate() {
+        let rule = ctx.service_rule(i);
+        let spec = rule.map(|r| r.spec.as_ref());
+        let config_path = rule.map(|r| r.primary().config_path());
         for port in &svc.ports {
             service_clusters(ctx, svc, port, spec, config_path.as_deref(), ClusterMode::Outbound, &mut eds, set);
             if sni_dnat && svc.location == Location::MeshInternal {
@@ -130,10 +131,10 @@ pub fn build_clusters<'a>(ctx: &Ctx<'a>, set: &mut ResourceSet, sni_dnat: bool) 
 /// `buildOutboundClusters` + `applyDestinationRule`).
 #[allow(clippy::too_many_arguments)]
 fn service_clusters<'a>(
-    ctx: &Ctx<'a>,
+    ctx: &Ctx<'_>,
     svc: &'a Service,
     port: &'a ServicePort,
-    rule: Option<&DestinationRuleSpec>,
+    rule: Option<&'a DestinationRuleSpec>,
     config_path: Option<&str>,
     mode: ClusterMode,
     eds: &mut Vec<EdsTarget<'a>>,
@@ -148,24 +149,26 @@ fn service_clusters<'a>(
         return;
     };
     let policy = port_level_policy(rule.and_then(|r| r.traffic_policy.as_ref()), port.port);
-    policy::apply_traffic_policy(&mut default, policy.as_ref(), port);
+    policy::apply_traffic_policy(&mut default, policy.as_deref(), port);
     if mode == ClusterMode::Outbound {
         tls::apply_upstream_tls(
             ctx,
             &mut default,
             svc,
             port,
-            policy.as_ref().and_then(|p| p.tls.as_ref()),
+            policy.as_deref().and_then(|p| p.tls.as_ref()),
             &names::sni_cluster(port.port, "", &svc.hostname),
         );
     }
     let parent_type = cluster_type(&default.cluster);
     let external = svc.location == Location::MeshExternal;
-    default.metadata = Some(cluster_metadata(svc, config_path, external, None));
+    // The service's telemetry metadata is the same for the default and every subset cluster.
+    let services = wire::Value::list(&[service_metadata(svc)]);
+    default.metadata = Some(cluster_metadata(&services, config_path, external, None));
     finish(default, svc, port, None, eds, set);
     let Some(rule) = rule else { return };
     for subset in &rule.subsets {
-        let subset_policy = merge_subset_policy(policy.clone(), subset.traffic_policy.as_ref(), port.port);
+        let subset_policy = merge_subset_policy(policy.as_deref(), subset.traffic_policy.as_ref(), port.port);
         let passthrough = subset
             .traffic_policy
             .as_ref()
@@ -176,19 +179,19 @@ fn service_clusters<'a>(
         let Some(mut c) = service_cluster(ctx, svc, port, name_of(&subset.name), ctype, Some(&subset.labels)) else {
             continue;
         };
-        policy::apply_traffic_policy(&mut c, subset_policy.as_ref(), port);
+        policy::apply_traffic_policy(&mut c, subset_policy.as_deref(), port);
         if mode == ClusterMode::Outbound {
             tls::apply_upstream_tls(
                 ctx,
                 &mut c,
                 svc,
                 port,
-                subset_policy.as_ref().and_then(|p| p.tls.as_ref()),
+                subset_policy.as_deref().and_then(|p| p.tls.as_ref()),
                 &names::sni_cluster(port.port, &subset.name, &svc.hostname),
             );
         }
         // istiod marks only the default cluster of a MESH_EXTERNAL service as external.
-        c.metadata = Some(cluster_metadata(svc, config_path, false, Some(&subset.name)));
+        c.metadata = Some(cluster_metadata(&services, config_path, false, Some(&subset.name)));
         finish(c, svc, port, Some(&subset.labels), eds, set);
     }
 }
@@ -205,7 +208,7 @@ fn finish<'a>(
     mut c: ClusterOut,
     svc: &'a Service,
     port: &'a ServicePort,
-    labels: Option<&Labels>,
+    labels: Option<&'a Labels>,
     eds: &mut Vec<EdsTarget<'a>>,
     set: &mut ResourceSet,
 ) {
@@ -218,7 +221,7 @@ fn finish<'a>(
             name: c.cluster.name.clone(),
             service: svc,
             port,
-            labels: labels.cloned(),
+            labels,
         });
     } else {
         c.cluster.eds_cluster_config = None;
@@ -228,7 +231,7 @@ fn finish<'a>(
 
 /// `filter_metadata.istio` of an outbound cluster: `config` (the DestinationRule), `external`,
 /// `services`, `subset` (keys in sorted order, see [`wire`]).
-fn cluster_metadata(svc: &Service, config: Option<&str>, external: bool, subset: Option<&str>) -> wire::Struct {
+fn cluster_metadata(services: &wire::Value, config: Option<&str>, external: bool, subset: Option<&str>) -> wire::Struct {
     let mut fields: Vec<(&str, wire::Value)> = Vec::with_capacity(4);
     if let Some(c) = config {
         fields.push(("config", wire::Value::string(c)));
@@ -236,7 +239,7 @@ fn cluster_metadata(svc: &Service, config: Option<&str>, external: bool, subset:
     if external {
         fields.push(("external", wire::Value::bool(true)));
     }
-    fields.push(("services", wire::Value::list(&[service_metadata(svc)])));
+    fields.push(("services", services.clone()));
     if let Some(s) = subset {
         fields.push(("subset", wire::Value::string(s)));
     }
@@ -392,7 +395,7 @@ pub fn service_cluster(
         }
     }
     Some(ClusterOut {
-        cluster: c,
+        cluster: Box::new(c),
         http: upstream_http_options(node, port.protocol),
         metadata: None,
     })
@@ -487,7 +490,7 @@ pub fn inbound_clusters(ctx: &Ctx<'_>) -> Vec<ClusterOut> {
                 }
             }
             ClusterOut {
-                cluster: c,
+                cluster: Box::new(c),
                 http: upstream_http_options(NodeType::Sidecar, t.port.protocol),
                 metadata: Some(wire::Struct::new(&[("services", wire::Value::list(&services))])),
             }
@@ -544,7 +547,7 @@ mod tests {
         let world = mk_world(vec![s.clone()]);
         let proxy = sidecar("default");
         let ctx = Ctx::new(&world, &proxy);
-        let c = service_cluster(&ctx, &s, &s.ports[0], "c".into(), DiscoveryType::OriginalDst, None).unwrap().cluster;
+        let c = *service_cluster(&ctx, &s, &s.ports[0], "c".into(), DiscoveryType::OriginalDst, None).unwrap().cluster;
         assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32);
         let Some(LbConfig::OriginalDstLbConfig(o)) = c.lb_config else { panic!("no original_dst_lb_config") };
         assert_eq!(o.upstream_port_override.unwrap().value, 7001);
@@ -563,7 +566,7 @@ mod tests {
             ("external", wire::Value::bool(true)),
             ("services", wire::Value::list(&[service_metadata(&s)])),
         ]);
-        assert_eq!(cluster_metadata(&s, None, true, None), want);
+        assert_eq!(cluster_metadata(&wire::Value::list(&[service_metadata(&s)]), None, true, None), want);
         let out = service_cluster(&ctx, &s, &s.ports[0], "c".into(), DiscoveryType::StrictDns, None).unwrap();
         assert_eq!(out.cluster.load_assignment.unwrap().endpoints.len(), 1);
     }

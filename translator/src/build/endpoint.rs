@@ -14,7 +14,10 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::{Struct, UInt32Value, Value, value};
 
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
 use super::cluster::EdsTarget;
+use super::wire;
 use crate::model::{Endpoint, Labels, Resolution, Service, ServicePort};
 use crate::names;
 use crate::resources::{ResourceSet, TypeUrl};
@@ -33,15 +36,151 @@ pub enum EndpointFilter {
 
 /// Adds the `ClusterLoadAssignment` of every EDS cluster of the proxy (default and subset
 /// clusters alike: a subset's endpoints are those carrying all its labels).
+///
+/// EDS is the most frequently pushed type, so assignments are written straight to protobuf wire
+/// format ([`encode_locality_endpoints`]), the same bytes prost would produce from the structs
+/// [`locality_lb_endpoints`] builds, without building them.
 pub fn build_endpoints(targets: &[EdsTarget<'_>], set: &mut ResourceSet) {
+    let mut buf = Vec::new();
     for t in targets {
-        let cla = ClusterLoadAssignment {
+        buf.clear();
+        encode_locality_endpoints(t.service, t.port, t.labels, &mut buf);
+        let head = ClusterLoadAssignment {
             cluster_name: t.name.clone(),
-            endpoints: locality_lb_endpoints(t.service, t.port, EndpointFilter::Eds, t.labels.as_ref()),
             ..Default::default()
         };
-        set.add(TypeUrl::Endpoint, t.name.clone(), &cla);
+        set.add_with_fields(TypeUrl::Endpoint, t.name.clone(), &head, &buf);
     }
+}
+
+/// Field numbers of the messages [`encode_locality_endpoints`] writes.
+mod tags {
+    pub const CLA_ENDPOINTS: u32 = 2;
+    pub const LLE_LOCALITY: u32 = 1;
+    pub const LLE_LB_ENDPOINTS: u32 = 2;
+    pub const LLE_WEIGHT: u32 = 3;
+    pub const LOCALITY_REGION: u32 = 1;
+    pub const LOCALITY_ZONE: u32 = 2;
+    pub const LOCALITY_SUB_ZONE: u32 = 3;
+    pub const LB_ENDPOINT: u32 = 1;
+    pub const LB_HEALTH: u32 = 2;
+    pub const LB_METADATA: u32 = 3;
+    pub const LB_WEIGHT: u32 = 4;
+    pub const ENDPOINT_ADDRESS: u32 = 1;
+    pub const ADDRESS_SOCKET: u32 = 1;
+    pub const SOCKET_ADDRESS: u32 = 2;
+    pub const SOCKET_PORT: u32 = 3;
+    pub const WRAPPER_VALUE: u32 = 1;
+}
+
+fn put_bytes(buf: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+    put_len(buf, tag, bytes.len());
+    buf.extend_from_slice(bytes);
+}
+
+/// Key and length of a length-delimited field whose body follows.
+fn put_len(buf: &mut Vec<u8>, tag: u32, len: usize) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+}
+
+/// Encoded size of a length-delimited field with a one-byte key and a `len`-byte body.
+fn field_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+fn put_varint(buf: &mut Vec<u8>, tag: u32, v: u64) {
+    encode_key(tag, WireType::Varint, buf);
+    encode_varint(v, buf);
+}
+
+/// `{value: v}` of a `UInt32Value` field (present even when 0).
+fn put_u32_wrapper(buf: &mut Vec<u8>, tag: u32, v: u32) {
+    let body = if v == 0 { 0 } else { 1 + encoded_len_varint(u64::from(v)) };
+    put_len(buf, tag, body);
+    if v != 0 {
+        put_varint(buf, tags::WRAPPER_VALUE, u64::from(v));
+    }
+}
+
+/// The `endpoints` field (2) of a `ClusterLoadAssignment` for one service port, byte for byte what
+/// prost encodes for [`locality_lb_endpoints`] with [`EndpointFilter::Eds`]. Nested lengths are
+/// computed up front, so each endpoint is written once, with no temporary buffers.
+pub fn encode_locality_endpoints(svc: &Service, port: &ServicePort, labels: Option<&Labels>, out: &mut Vec<u8>) {
+    // Locality label -> (encoded lb_endpoints fields, summed weight).
+    let mut by_locality: BTreeMap<&str, (Vec<u8>, u32)> = BTreeMap::new();
+    let metadata = tls_mode_metadata();
+    for ep in eds_endpoints(svc, labels) {
+        let Some(p) = svc.endpoint_port(ep, port) else { continue };
+        let socket = field_len(ep.address.len()) + if p != 0 { 1 + encoded_len_varint(u64::from(p)) } else { 0 };
+        let address = field_len(socket);
+        let endpoint = field_len(address);
+        let weight = ep.weight.max(1);
+        let sidecar = ep.has_sidecar();
+        let lb = field_len(endpoint)
+            + 2
+            + if sidecar { metadata.len() } else { 0 }
+            + field_len(1 + encoded_len_varint(u64::from(weight)));
+        let entry = by_locality.entry(ep.locality.as_deref().unwrap_or_default()).or_default();
+        let buf = &mut entry.0;
+        buf.reserve(field_len(lb));
+        put_len(buf, tags::LLE_LB_ENDPOINTS, lb);
+        put_len(buf, tags::LB_ENDPOINT, endpoint);
+        put_len(buf, tags::ENDPOINT_ADDRESS, address);
+        put_len(buf, tags::ADDRESS_SOCKET, socket);
+        put_bytes(buf, tags::SOCKET_ADDRESS, ep.address.as_bytes());
+        if p != 0 {
+            put_varint(buf, tags::SOCKET_PORT, u64::from(p));
+        }
+        put_varint(buf, tags::LB_HEALTH, HealthStatus::Healthy as u64);
+        if sidecar {
+            buf.extend_from_slice(metadata);
+        }
+        put_u32_wrapper(buf, tags::LB_WEIGHT, weight);
+        entry.1 = entry.1.saturating_add(weight);
+    }
+    for (label, (endpoints, weight)) in by_locality {
+        let mut parts = label.splitn(3, '/');
+        let region = parts.next().unwrap_or_default();
+        let zone = parts.next().unwrap_or_default();
+        let sub_zone = parts.next().unwrap_or_default();
+        let part_len = |p: &str| if p.is_empty() { 0 } else { field_len(p.len()) };
+        let loc = part_len(region) + part_len(zone) + part_len(sub_zone);
+        let weight_len = if weight == 0 { 0 } else { 1 + encoded_len_varint(u64::from(weight)) };
+        let lle = field_len(loc) + endpoints.len() + field_len(weight_len);
+        out.reserve(field_len(lle));
+        put_len(out, tags::CLA_ENDPOINTS, lle);
+        put_len(out, tags::LLE_LOCALITY, loc);
+        for (tag, part) in [
+            (tags::LOCALITY_REGION, region),
+            (tags::LOCALITY_ZONE, zone),
+            (tags::LOCALITY_SUB_ZONE, sub_zone),
+        ] {
+            if !part.is_empty() {
+                put_bytes(out, tag, part.as_bytes());
+            }
+        }
+        out.extend_from_slice(&endpoints);
+        put_u32_wrapper(out, tags::LLE_WEIGHT, weight);
+    }
+}
+
+/// `metadata` (field 3 of `LbEndpoint`): `{envoy.transport_socket_match: {tlsMode: istio}}`.
+fn tls_mode_metadata() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| {
+        let s = wire::Struct::new(&[("tlsMode", wire::Value::string("istio"))]);
+        wire::metadata_field(tags::LB_METADATA, &[(TRANSPORT_SOCKET_MATCH_KEY, &s)])
+    })
+}
+
+/// Endpoints usable over EDS: ready, IP addresses, carrying the subset labels.
+fn eds_endpoints<'s>(svc: &'s Service, labels: Option<&'s Labels>) -> impl Iterator<Item = &'s Endpoint> {
+    svc.endpoints.iter().filter(move |ep| {
+        ep.ready
+            && is_ip(&ep.address)
+            && labels.is_none_or(|l| l.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
+    })
 }
 
 /// The EDS answer for `outbound|<port>||<host>`: empty (but present) when nothing is ready, as
@@ -167,6 +306,7 @@ pub fn locality_lb_endpoints(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use prost::Message;
     use rstest::rstest;
 
     use super::*;
@@ -237,6 +377,37 @@ mod tests {
         assert_eq!(cla.endpoints[1].load_balancing_weight.unwrap().value, 6);
         assert!(cla.endpoints[1].lb_endpoints[0].metadata.is_some());
         assert!(cla.endpoints[1].lb_endpoints[1].metadata.is_none());
+    }
+
+    #[test]
+    fn hand_encoded_assignments_match_prost() {
+        let (s, p) = svc(
+            Resolution::Static,
+            ServiceOrigin::Kubernetes,
+            vec![
+                ep("10.0.0.1", true, true, 0, Some("us/east/a")),
+                ep("10.0.0.2", false, true, 0, Some("us/east/a")),
+                ep("10.0.0.3", true, false, 5, Some("us/east")),
+                ep("10.0.0.4", true, false, 0, None),
+                ep("db.example.com", true, false, 0, None),
+            ],
+        );
+        let mut sub = Labels::new();
+        sub.insert("security.istio.io/tlsMode".into(), "istio".into());
+        for labels in [None, Some(&sub)] {
+            let want = ClusterLoadAssignment {
+                cluster_name: "c".into(),
+                endpoints: locality_lb_endpoints(&s, &p, EndpointFilter::Eds, labels),
+                ..Default::default()
+            };
+            let mut got = ClusterLoadAssignment {
+                cluster_name: "c".into(),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            encode_locality_endpoints(&s, &p, labels, &mut got);
+            assert_eq!(got, want.encode_to_vec());
+        }
     }
 
     #[rstest]

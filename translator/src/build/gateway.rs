@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::core::v3::{Http1ProtocolOptions, Metadata};
+use envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost, virtual_host::TlsRequirementType};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -282,7 +282,6 @@ struct GatewayChain {
     alpn: Vec<String>,
     tls: Option<DownstreamTlsContext>,
     filters: Vec<Filter>,
-    metadata: Option<Metadata>,
 }
 
 impl GatewayChain {
@@ -292,7 +291,6 @@ impl GatewayChain {
             alpn: Vec::new(),
             tls: None,
             filters,
-            metadata: None,
         }
     }
 
@@ -314,7 +312,6 @@ impl GatewayChain {
             transport_socket: self.tls.as_ref().map(downstream_transport_socket),
             transport_socket_connect_timeout: secs(TRANSPORT_SOCKET_CONNECT_TIMEOUT_SECS),
             filters: self.filters,
-            metadata: self.metadata,
             ..Default::default()
         }
     }
@@ -641,9 +638,69 @@ fn collapse(vhosts: BTreeMap<String, GatewayVhost>) -> Vec<VirtualHost> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use rstest::rstest;
+    use serde_json::json;
 
     use super::*;
+    use crate::api::parse_object;
+    use crate::model::{MeshConfig, NodeType, ProxyProfile, build_world};
+
+    fn gateway(name: &str, created: &str, app: &str, servers: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": "gw", "creationTimestamp": created},
+            "spec": {"selector": {"app": app}, "servers": servers}})
+    }
+
+    #[test]
+    fn merge_keeps_the_first_protocol_per_port_and_skips_duplicate_tls_hosts() {
+        let objs: Vec<_> = vec![
+            gateway("a", "2024-01-01T00:00:00Z", "gw", json!([
+                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["a.com"]},
+                {"port": {"number": 443, "name": "https-a", "protocol": "HTTPS"}, "hosts": ["a.com"],
+                 "tls": {"mode": "SIMPLE", "credentialName": "a"}}
+            ])),
+            gateway("b", "2024-02-01T00:00:00Z", "gw", json!([
+                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["b.com"]},
+                {"port": {"number": 80, "name": "tcp", "protocol": "TCP"}, "hosts": ["c.com"]},
+                {"port": {"number": 443, "name": "https-b", "protocol": "HTTPS"}, "hosts": ["a.com"],
+                 "tls": {"mode": "SIMPLE", "credentialName": "b"}},
+                {"port": {"number": 443, "name": "https-c", "protocol": "HTTPS"}, "hosts": ["c.com"],
+                 "tls": {"mode": "SIMPLE", "credentialName": "c"}}
+            ])),
+            // Selects other pods.
+            gateway("other", "2024-01-01T00:00:00Z", "elsewhere", json!([
+                {"port": {"number": 9000, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}
+            ])),
+        ]
+        .into_iter()
+        .map(|v| parse_object(v).unwrap())
+        .collect();
+        let (world, d) = build_world(&objs, &MeshConfig::default());
+        assert!(d.is_empty(), "{d:?}");
+        let proxy = ProxyProfile {
+            node_type: NodeType::Router,
+            namespace: "gw".into(),
+            labels: [("app".to_string(), "gw".to_string())].into_iter().collect(),
+            ..ProxyProfile::default()
+        };
+        let ctx = Ctx::new(&world, &proxy);
+        let merged = merge(&ctx);
+        assert_eq!(merged.ports.keys().copied().collect::<Vec<_>>(), vec![80, 443]);
+        let routes: Vec<&str> = merged.routes.keys().map(String::as_str).collect();
+        assert_eq!(routes, vec!["http.80", "https.443.https-a.a.gw", "https.443.https-c.b.gw"]);
+        // Both HTTP servers share `http.80`; the TCP server on an HTTP port is dropped.
+        assert_eq!(merged.routes["http.80"].len(), 2);
+        // a.com is already served on 443: gateway b's https-b is dropped.
+        let on_443: Vec<&str> = merged.ports[&443]
+            .servers
+            .iter()
+            .map(|s| s.server.port.as_ref().unwrap().name.as_str())
+            .collect();
+        assert_eq!(on_443, vec!["https-a", "https-c"]);
+        assert!(!merged.auto_passthrough);
+    }
 
     #[rstest]
     #[case(&["*"], &["a.com"], &["a.com"])]

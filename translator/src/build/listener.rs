@@ -40,7 +40,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::http_route::{destination_cluster, proto_duration, virtual_service_metadata};
 use super::route::inbound_route_config;
-use super::{Ctx, InboundTarget, ads_config_source, any, secs, socket_addr, virtual_service};
+use super::{Ctx, InboundTarget, ads_config_source, any, secs, socket_addr};
 use crate::api::istio::RouteDestination;
 use crate::model::config::{VirtualServiceConfig, port_level_policy};
 use crate::model::host::MESH_GATEWAY;
@@ -252,7 +252,7 @@ pub(crate) fn single_destination_filter(ctx: &Ctx<'_>, cluster: &str, host: &str
     };
     if let Some(rule) = ctx.destination_rule(host) {
         let policy = port_level_policy(rule.spec.traffic_policy.as_ref(), port);
-        if let Some(tcp) = policy.as_ref().and_then(|p| p.connection_pool.as_ref()).and_then(|c| c.tcp.as_ref()) {
+        if let Some(tcp) = policy.as_deref().and_then(|p| p.connection_pool.as_ref()).and_then(|c| c.tcp.as_ref()) {
             proxy.max_downstream_connection_duration = tcp.max_connection_duration.as_deref().and_then(proto_duration);
             proxy.idle_timeout = tcp.idle_timeout.as_deref().and_then(proto_duration);
         }
@@ -318,13 +318,26 @@ struct OutboundBuilder<'c, 'a> {
 impl OutboundBuilder<'_, '_> {
     /// istiod's `buildSidecarOutboundListener` for one service port.
     fn add(&mut self, svc: &Service, port: &ServicePort, preset_bind: Option<&str>, bind_to_port: bool) {
+        self.add_for_address(svc, port, preset_bind, bind_to_port, svc.addresses.first().map(String::as_str));
+    }
+
+    /// `add` for one of the service's addresses (istiod makes one service per ServiceEntry
+    /// address, so each address gets its own listener or CIDR chain).
+    fn add_for_address(
+        &mut self,
+        svc: &Service,
+        port: &ServicePort,
+        preset_bind: Option<&str>,
+        bind_to_port: bool,
+        address: Option<&str>,
+    ) {
         let lp = listener_protocol(port.protocol);
         let mut bind = preset_bind.unwrap_or_default().to_string();
         let mut cidr: Option<String> = None;
         match lp {
             ListenerProtocol::Tcp | ListenerProtocol::Auto => {
                 if bind.is_empty() {
-                    let addr = svc.addresses.first().map_or(names::WILDCARD_ADDRESS, String::as_str);
+                    let addr = address.unwrap_or(names::WILDCARD_ADDRESS);
                     if addr.contains('/') {
                         // A CIDR cannot be a listener address: listen on 0.0.0.0 and match it.
                         bind = names::WILDCARD_ADDRESS.to_string();
@@ -453,7 +466,7 @@ impl OutboundBuilder<'_, '_> {
     fn tcp_chains(&self, svc: &Service, port: &ServicePort, bind: &str, cidr: Option<&str>) -> Vec<ChainOpts> {
         let ctx = self.ctx;
         let cidrs: Vec<String> = cidr.map(|c| vec![c.to_string()]).unwrap_or_default();
-        let configs = virtual_service::for_host(&ctx.virtual_services, &svc.hostname);
+        let configs = ctx.virtual_services_for_host(&svc.hostname);
         let mut out = Vec::new();
         let default_filters = || {
             // A sidecar-defined port may differ from the service's; a one-port service is meant.
@@ -598,6 +611,12 @@ fn outbound_listeners(ctx: &Ctx<'_>, routes: &mut BTreeSet<String>) -> Vec<Liste
                     for ip in ips {
                         b.add(svc, port, Some(ip), bind_to_port);
                     }
+                }
+                continue;
+            }
+            if preset.is_none() && svc.origin == ServiceOrigin::ServiceEntry && svc.addresses.len() > 1 && lp != ListenerProtocol::Http {
+                for a in &svc.addresses {
+                    b.add_for_address(svc, port, None, bind_to_port, Some(a));
                 }
                 continue;
             }

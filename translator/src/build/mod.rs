@@ -61,6 +61,8 @@ pub struct Ctx<'a> {
     /// VirtualServices that apply to this sidecar (bound to `mesh`, visible, imported), oldest
     /// first. Empty for gateways: their VirtualServices are chosen per Gateway server.
     pub virtual_services: Vec<&'a VirtualServiceConfig>,
+    /// Which of the world's VirtualServices are in `virtual_services` (by world position).
+    vs_visible: Vec<bool>,
     /// Position of each service in `services`, by hostname.
     by_host: HashMap<&'a str, usize, Xxh3DefaultBuilder>,
     /// DestinationRule of each service in `services` (same positions).
@@ -72,12 +74,19 @@ impl<'a> Ctx<'a> {
     pub fn new(world: &'a World, proxy: &'a ProxyProfile) -> Self {
         let ns = proxy.namespace.as_str();
         let scope = scope::Scope::new(world, proxy);
+        let mut vs_visible = vec![false; world.config.virtual_services.len()];
         let virtual_services: Vec<&'a VirtualServiceConfig> = if proxy.node_type == NodeType::Sidecar {
             world
                 .config
-                .mesh_virtual_services()
-                .filter(|vs| vs.export_to.visible_from(ns) && scope.imports_virtual_service(vs))
-                .map(|vs| vs.as_ref())
+                .index
+                .mesh_virtual_services
+                .iter()
+                .map(|i| (*i, world.config.virtual_services[*i].as_ref()))
+                .filter(|(_, vs)| vs.export_to.visible_from(ns) && scope.imports_virtual_service(vs))
+                .map(|(i, vs)| {
+                    vs_visible[i] = true;
+                    vs
+                })
                 .collect()
         } else {
             Vec::new()
@@ -119,9 +128,39 @@ impl<'a> Ctx<'a> {
             scope,
             services,
             virtual_services,
+            vs_visible,
             by_host,
             rules,
         }
+    }
+
+    /// The applicable VirtualServices (see [`Ctx::virtual_services`]) with a host matching
+    /// `hostname`, oldest first (istiod's `getConfigsForHost`), found through the world's host index.
+    pub fn virtual_services_for_host(&self, hostname: &str) -> Vec<&'a VirtualServiceConfig> {
+        let index = &self.world.config.index;
+        let mut ids: Vec<usize> = index
+            .virtual_services_by_host
+            .get(hostname)
+            .into_iter()
+            .flatten()
+            .copied()
+            .chain(index.wildcard_virtual_services.iter().copied().filter(|i| {
+                self.world.config.virtual_services[*i]
+                    .spec
+                    .hosts
+                    .iter()
+                    .any(|h| crate::model::host::matches(h, hostname))
+            }))
+            .filter(|i| self.vs_visible.get(*i).copied().unwrap_or(false))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(|i| self.world.config.virtual_services[i].as_ref()).collect()
+    }
+
+    /// The DestinationRule of `self.services[i]`.
+    pub fn service_rule(&self, i: usize) -> Option<&scope::ResolvedRule<'a>> {
+        self.rules.get(i).and_then(Option::as_ref)
     }
 
     /// The visible service with host `hostname`.
@@ -311,6 +350,11 @@ pub mod wire {
         buf.extend_from_slice(bytes);
     }
 
+    /// Size of a length-delimited field with a one-byte key (field numbers below 16).
+    fn field_len(len: usize) -> usize {
+        1 + prost::encoding::encoded_len_varint(len as u64) + len
+    }
+
     /// An encoded `google.protobuf.Value`.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Value(Vec<u8>);
@@ -355,16 +399,17 @@ pub mod wire {
     pub struct Struct(Vec<u8>);
 
     impl Struct {
-        /// A struct of `fields`, which must be sorted by key (checked in debug builds).
+    /// A struct of `fields`, which must be sorted by key (checked in debug builds).
         pub fn new(fields: &[(&str, Value)]) -> Struct {
             debug_assert!(fields.windows(2).all(|w| w[0].0 < w[1].0), "struct keys must be sorted");
-            let mut b = Vec::new();
-            let mut entry = Vec::new();
+            let entry_len = |k: &str, v: &Value| field_len(k.len()) + field_len(v.0.len());
+            let total: usize = fields.iter().map(|(k, v)| field_len(entry_len(k, v))).sum();
+            let mut b = Vec::with_capacity(total);
             for (k, v) in fields {
-                entry.clear();
-                length_delimited(&mut entry, 1, k.as_bytes());
-                length_delimited(&mut entry, 2, &v.0);
-                length_delimited(&mut b, 1, &entry);
+                encode_key(1, WireType::LengthDelimited, &mut b);
+                encode_varint(entry_len(k, v) as u64, &mut b);
+                length_delimited(&mut b, 1, k.as_bytes());
+                length_delimited(&mut b, 2, &v.0);
             }
             Struct(b)
         }

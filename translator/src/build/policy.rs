@@ -336,12 +336,12 @@ mod tests {
 
     fn cluster(dtype: DiscoveryType) -> ClusterOut {
         ClusterOut {
-            cluster: Cluster {
+            cluster: Box::new(Cluster {
                 cluster_discovery_type: Some(ClusterDiscoveryType::Type(dtype as i32)),
                 lb_policy: LbPolicy::LeastRequest as i32,
                 common_lb_config: Some(CommonLbConfig::default()),
                 ..Default::default()
-            },
+            }),
             http: None,
             metadata: None,
         }
@@ -404,7 +404,7 @@ mod tests {
         let lb = |v: serde_json::Value, dtype| {
             let mut c = cluster(dtype);
             apply_traffic_policy(&mut c, Some(&policy(json!({"loadBalancer": v}))), &port());
-            c.cluster
+            *c.cluster
         };
         assert_eq!(lb(json!({"simple": "ROUND_ROBIN"}), DiscoveryType::Eds).lb_policy, LbPolicy::RoundRobin as i32);
         assert_eq!(lb(json!({"simple": "RANDOM"}), DiscoveryType::Eds).lb_policy, LbPolicy::Random as i32);

@@ -79,16 +79,19 @@ impl<'a> Scope<'a> {
         let Some(sidecar) = select_sidecar(world, &proxy.namespace, &proxy.labels) else {
             return Scope::default();
         };
-        let imports = sidecar
-            .spec
-            .egress
-            .iter()
-            .flat_map(|l| l.hosts.iter())
-            .map(|h| Import::parse(h, &proxy.namespace))
-            .collect();
+        // A Sidecar without egress listeners imports everything (istiod's default `*/*`).
+        let imports = (!sidecar.spec.egress.is_empty()).then(|| {
+            sidecar
+                .spec
+                .egress
+                .iter()
+                .flat_map(|l| l.hosts.iter())
+                .map(|h| Import::parse(h, &proxy.namespace))
+                .collect()
+        });
         Scope {
             sidecar: Some(sidecar),
-            imports: Some(imports),
+            imports,
         }
     }
 

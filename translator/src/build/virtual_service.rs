@@ -1,8 +1,6 @@
 //! Small VirtualService queries shared by the sidecar and gateway builders.
 
 use crate::api::istio::VirtualServiceSpec;
-use crate::model::config::VirtualServiceConfig;
-use crate::model::host;
 
 /// Every destination host a VirtualService routes or mirrors to (already resolved to FQDNs).
 pub fn destination_hosts(spec: &VirtualServiceSpec) -> impl Iterator<Item = &str> {
@@ -16,13 +14,4 @@ pub fn destination_hosts(spec: &VirtualServiceSpec) -> impl Iterator<Item = &str
     let tcp = spec.tcp.iter().flat_map(|r| r.route.iter().filter_map(|d| d.destination.as_ref()));
     let tls = spec.tls.iter().flat_map(|r| r.route.iter().filter_map(|d| d.destination.as_ref()));
     http.chain(tcp).chain(tls).map(|d| d.host.as_str())
-}
-
-/// The VirtualServices among `all` with a host matching `hostname` (istiod's `getConfigsForHost`),
-/// in their order.
-pub fn for_host<'a>(all: &[&'a VirtualServiceConfig], hostname: &str) -> Vec<&'a VirtualServiceConfig> {
-    all.iter()
-        .filter(|vs| vs.spec.hosts.iter().any(|h| host::matches(h, hostname)))
-        .copied()
-        .collect()
 }

@@ -8,6 +8,7 @@
 //! DestinationRules by namespace and host) are indexed here, so translation never scans the whole
 //! configuration.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -574,19 +575,17 @@ pub fn merge_destination_rules(rules: &[&DestinationRuleConfig]) -> DestinationR
 
 /// The policy for `port` (Istio's `GetPortLevelTrafficPolicy`): a matching `portLevelSettings`
 /// entry replaces the top-level policy wholesale (unset fields take defaults, not the top level).
-pub fn port_level_policy(policy: Option<&TrafficPolicy>, port: u16) -> Option<TrafficPolicy> {
+/// Without one, the top-level policy itself (its `portLevelSettings` are then irrelevant).
+pub fn port_level_policy(policy: Option<&TrafficPolicy>, port: u16) -> Option<Cow<'_, TrafficPolicy>> {
     let p = policy?;
     let Some(pl) = p
         .port_level_settings
         .iter()
         .find(|s| s.port.is_some_and(|sp| sp.number == u32::from(port)))
     else {
-        return Some(TrafficPolicy {
-            port_level_settings: Vec::new(),
-            ..p.clone()
-        });
+        return Some(Cow::Borrowed(p));
     };
-    Some(TrafficPolicy {
+    Some(Cow::Owned(TrafficPolicy {
         load_balancer: pl.load_balancer.clone(),
         connection_pool: pl.connection_pool.clone(),
         outlier_detection: pl.outlier_detection.clone(),
@@ -596,19 +595,24 @@ pub fn port_level_policy(policy: Option<&TrafficPolicy>, port: u16) -> Option<Tr
         tunnel: p.tunnel.clone(),
         proxy_protocol: p.proxy_protocol.clone(),
         retry_budget: p.retry_budget.clone(),
-    })
+    }))
 }
 
 /// A subset's policy over the (port-resolved) parent policy (Istio's `MergeSubsetTrafficPolicy`):
 /// each field the subset sets replaces the parent's.
-pub fn merge_subset_policy(parent: Option<TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> Option<TrafficPolicy> {
-    let Some(sub) = port_level_policy(subset, port) else { return parent };
-    let Some(mut out) = parent else { return Some(sub) };
+pub fn merge_subset_policy<'p>(
+    parent: Option<&'p TrafficPolicy>,
+    subset: Option<&'p TrafficPolicy>,
+    port: u16,
+) -> Option<Cow<'p, TrafficPolicy>> {
+    let Some(sub) = port_level_policy(subset, port) else { return parent.map(Cow::Borrowed) };
+    let Some(parent) = parent else { return Some(sub) };
+    let mut out = parent.clone();
     macro_rules! over {
         ($($f:ident),*) => { $( if sub.$f.is_some() { out.$f = sub.$f.clone(); } )* };
     }
     over!(connection_pool, outlier_detection, load_balancer, tls, tunnel, proxy_protocol, retry_budget);
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
 #[cfg(test)]
@@ -699,13 +703,13 @@ mod tests {
             "portLevelSettings": [{"port": {"number": 80}, "loadBalancer": {"simple": "ROUND_ROBIN"}}]
         }))
         .unwrap();
-        let at80 = port_level_policy(Some(&p), 80).unwrap();
+        let at80 = port_level_policy(Some(&p), 80).unwrap().into_owned();
         assert!(at80.outlier_detection.is_none());
         assert_eq!(at80.load_balancer.unwrap().simple, Some(crate::api::istio::SimpleLb::RoundRobin));
-        let at81 = port_level_policy(Some(&p), 81).unwrap();
+        let at81 = port_level_policy(Some(&p), 81).unwrap().into_owned();
         assert!(at81.outlier_detection.is_some());
         let sub: TrafficPolicy = serde_json::from_value(json!({"loadBalancer": {"simple": "LEAST_REQUEST"}})).unwrap();
-        let merged = merge_subset_policy(Some(at81), Some(&sub), 81).unwrap();
+        let merged = merge_subset_policy(Some(&at81), Some(&sub), 81).unwrap().into_owned();
         assert!(merged.outlier_detection.is_some());
         assert_eq!(merged.load_balancer.unwrap().simple, Some(crate::api::istio::SimpleLb::LeastRequest));
     }

@@ -352,7 +352,13 @@ impl Service {
     /// pod's container ports), so a missing entry means "not served". ServiceEntry endpoints may
     /// override a port by name; otherwise they serve the target port (or the service port).
     pub fn endpoint_port(&self, ep: &Endpoint, sp: &ServicePort) -> Option<u16> {
-        if let Some(p) = ep.ports.get(&sp.key()) {
+        // Hot path (every endpoint of every cluster): look up by name without allocating.
+        let explicit = if sp.name.is_empty() {
+            ep.ports.get(&sp.port.to_string())
+        } else {
+            ep.ports.get(sp.name.as_str())
+        };
+        if let Some(p) = explicit {
             return Some(*p);
         }
         match self.origin {

@@ -79,6 +79,14 @@ fn ns_of(meta: &ObjectMeta) -> String {
     meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
 }
 
+/// `(namespace, name)` borrowed, for sorting without allocating.
+fn key_of(meta: &ObjectMeta) -> (&str, &str) {
+    (
+        meta.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
 fn name_of(meta: &ObjectMeta) -> String {
     meta.name.clone().unwrap_or_default()
 }
@@ -173,10 +181,10 @@ impl<'m> Builder<'m> {
 
     fn finish(mut self) -> (World, Vec<Diagnostic>) {
         // Stable processing order regardless of the order files were read in.
-        self.services.sort_by_key(|s| (ns_of(&s.metadata), name_of(&s.metadata)));
-        self.slices.sort_by_key(|s| (ns_of(&s.metadata), name_of(&s.metadata)));
-        self.pods.sort_by_key(|p| (ns_of(&p.metadata), name_of(&p.metadata)));
-        self.entries.sort_by_key(|e| (ns_of(&e.metadata), name_of(&e.metadata)));
+        self.services.sort_by(|a, b| key_of(&a.metadata).cmp(&key_of(&b.metadata)));
+        self.slices.sort_by(|a, b| key_of(&a.metadata).cmp(&key_of(&b.metadata)));
+        self.pods.sort_by(|a, b| key_of(&a.metadata).cmp(&key_of(&b.metadata)));
+        self.entries.sort_by(|a, b| key_of(&a.metadata).cmp(&key_of(&b.metadata)));
 
         let config = self.config();
         let pods = self.pod_infos();
@@ -195,7 +203,7 @@ impl<'m> Builder<'m> {
         for svc in std::mem::take(&mut self.services) {
             let key = (ns_of(&svc.metadata), name_of(&svc.metadata));
             let slices = slices_by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
-            if let Some(s) = self.kube_service(svc, slices, &pods, &by_ip) {
+            if let Some(s) = self.kube_service(svc, slices, &pods, &by_ip, &config) {
                 kube.push(s);
             }
         }
@@ -319,7 +327,7 @@ impl<'m> Builder<'m> {
             .collect();
         workload_entries.sort_by(|a, b| a.meta.cmp(&b.meta));
         let mut peer_authentications: Vec<&PeerAuthentication> = self.peer_authentications.clone();
-        peer_authentications.sort_by_key(|p| meta_of(&p.metadata));
+        peer_authentications.sort_by_cached_key(|p| meta_of(&p.metadata));
 
         let mut config = Config {
             virtual_services: merge_delegates(virtual_services).into_iter().map(Arc::new).collect(),
@@ -400,6 +408,7 @@ impl<'m> Builder<'m> {
         slices: &[&discovery::EndpointSlice],
         pods: &BTreeMap<String, PodInfo>,
         by_ip: &HashMap<&str, &PodInfo>,
+        config: &Config,
     ) -> Option<Service> {
         let object = object_name("Service", &svc.metadata);
         let namespace = ns_of(&svc.metadata);
@@ -477,13 +486,42 @@ impl<'m> Builder<'m> {
         };
         let selector = spec.selector.clone().filter(|s| !s.is_empty());
 
-        let endpoints = if !slices.is_empty() {
+        let mut endpoints = if !slices.is_empty() {
             endpoints_from_slices(&ports, slices, pods, by_ip, &namespace)
         } else if let Some(sel) = &selector {
             endpoints_from_pods(&ports, sel, pods, &namespace)
         } else {
             Vec::new()
         };
+        // A Service selector also selects WorkloadEntries of its namespace (istiod's
+        // PILOT_ENABLE_K8S_SELECT_WORKLOAD_ENTRIES, on by default): VMs behind a Kubernetes Service.
+        if let Some(sel) = &selector {
+            let mut from_entries: Vec<Endpoint> = config
+                .workload_entries_in(&namespace)
+                .filter(|we| selects(sel, &we.spec.labels))
+                .map(|we| {
+                    let mut e = endpoint_from_entry(&we.spec, &namespace);
+                    // Kubernetes endpoints list every served port explicitly.
+                    e.ports = ports
+                        .iter()
+                        .filter_map(|sp| {
+                            let named = |n: &str| we.spec.ports.get(n).and_then(|p| port_u16(i64::from(*p)));
+                            let p = named(&sp.name)
+                                .or_else(|| sp.target_port_name.as_deref().and_then(named))
+                                .or(sp.target_port)
+                                .or(sp.target_port_name.is_none().then_some(sp.port))?;
+                            Some((sp.key(), p))
+                        })
+                        .collect();
+                    e
+                })
+                .filter(|e| !endpoints.iter().any(|x| x.address == e.address))
+                .collect();
+            if !from_entries.is_empty() {
+                endpoints.append(&mut from_entries);
+                endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+            }
+        }
         let service_accounts = endpoints
             .iter()
             .filter_map(|e| e.service_account.as_ref().map(|sa| spiffe_id(&self.mesh.trust_domain, &e.namespace, sa)))
@@ -704,7 +742,13 @@ fn endpoints_from_pods(
     namespace: &str,
 ) -> Vec<Endpoint> {
     let mut out: BTreeMap<String, Endpoint> = BTreeMap::new();
-    for pod in pods.values() {
+    // Pods are keyed `namespace/name`: only this namespace's range is scanned.
+    let prefix = format!("{namespace}/");
+    let in_namespace = pods
+        .range::<str, _>((std::ops::Bound::Included(prefix.as_str()), std::ops::Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, p)| p);
+    for pod in in_namespace {
         if pod.workload.namespace != namespace || !selects(selector, &pod.workload.labels) {
             continue;
         }
@@ -900,6 +944,22 @@ mod tests {
         assert!(s.endpoints[1].has_sidecar());
         assert!(s.service_accounts.contains("spiffe://cluster.local/ns/default/sa/vm-sa"));
         assert_eq!(w.config.workload_entries.len(), 2);
+    }
+
+    #[test]
+    fn kubernetes_service_selects_workload_entries() {
+        let (w, d) = world(vec![
+            mk_service("vm-backed", json!({"clusterIP": "10.0.0.9", "selector": {"app": "legacy"},
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+                "metadata": {"name": "vm", "namespace": "default"},
+                "spec": {"address": "10.9.0.7", "labels": {"app": "legacy"}}}),
+        ]);
+        assert!(d.is_empty(), "{d:?}");
+        let s = w.service("vm-backed.default.svc.cluster.local").unwrap();
+        assert_eq!(s.endpoints.len(), 1);
+        assert_eq!(s.endpoint_port(&s.endpoints[0], &s.ports[0]), Some(8080));
+        assert!(!s.endpoints[0].has_sidecar());
     }
 
     #[test]
