@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use crate::metrics::Metrics;
 use crate::proxy::ProxyInfo;
 use crate::store::Store;
-use crate::xds::{Snapshot, SnapshotSource};
+use crate::xds::{SecretIndex, Snapshot, SnapshotSource};
 
 /// Debounce settings (Istio's `PILOT_DEBOUNCE_AFTER` / `PILOT_DEBOUNCE_MAX`).
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +63,8 @@ pub struct Pusher {
     profiles: Mutex<HashMap<ProxyProfile, ProfileEntry>>,
     pushes: AtomicU64,
     metrics: Arc<Metrics>,
+    /// The Kubernetes Secrets of the last push, for SDS over ADS (see `xds/sds.rs`).
+    secrets: watch::Sender<Arc<SecretIndex>>,
 }
 
 impl Pusher {
@@ -80,6 +82,7 @@ impl Pusher {
             profiles: Mutex::new(HashMap::new()),
             pushes: AtomicU64::new(0),
             metrics,
+            secrets: watch::Sender::new(Arc::new(SecretIndex::default())),
         }
     }
 
@@ -91,6 +94,12 @@ impl Pusher {
     /// Whether at least one world was built after every source synced.
     pub fn ready(&self) -> bool {
         self.store.synced() && self.state.load().push > 0
+    }
+
+    /// The mesh's Secrets as of the last push; changes whenever a Secret's content does (the xDS
+    /// server's SDS follows it).
+    pub fn secrets(&self) -> watch::Receiver<Arc<SecretIndex>> {
+        self.secrets.subscribe()
     }
 
     /// Number of distinct proxy profiles currently connected.
@@ -153,6 +162,17 @@ impl Pusher {
             }
         }
         let push = self.pushes.fetch_add(1, Ordering::Relaxed) + 1;
+        let index = SecretIndex::from_objects(view.objects.iter().map(|o| &**o));
+        let secrets_changed = self.secrets.send_if_modified(|current| {
+            if **current == index {
+                return false;
+            }
+            *current = Arc::new(index);
+            true
+        });
+        if secrets_changed {
+            debug!(push, secrets = self.secrets.borrow().len(), "secrets changed");
+        }
         let world = Arc::new(world);
         self.state.store(Arc::new(WorldState {
             world: Arc::clone(&world),

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use fake_apiserver::FakeApiServer;
 use sailplane::agent::ca_client::{CaClient, CaClientError};
 use sailplane::agent::keys::{self, KeyType};
-use sailplane::ca::Identity;
+use sailplane::ca::{Authority, CaOptions, Identity};
 use sailplane::ca::server::{AuthError, Authenticator, Caller, Credentials};
+use sailplane::sources::kube::ca_secret;
 use sailplane::sources::kube::leader::LeaderElection;
 use sailplane::sources::kube::review::{SecretAccess, SubjectAccessReviewer, TokenReviewAuthenticator};
 use sailplane::sources::kube::rootcert::{ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY, RootCertPublisher};
@@ -141,7 +142,10 @@ async fn the_ca_accepts_kubernetes_service_account_tokens() {
     fake.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "back-end"}}));
     fake.add_token("pod-token", "back-end", "default", &["istio-ca"]);
     let d = start_discovery(&fake).await;
-    let root = std::fs::read_to_string(d.ca_dir.join("root-cert.pem")).unwrap();
+    // In Kubernetes the root lives in the istio-ca-secret Secret (created by this replica, the leader),
+    // not in --ca-dir.
+    assert!(!d.ca_dir.join("root-cert.pem").exists(), "no file root in Kubernetes mode");
+    let root = secret_text(&fake, ca_secret::SELF_SIGNED_SECRET, "root-cert.pem").expect("root in istio-ca-secret");
     let client = CaClient::new(&format!("127.0.0.1:{}", d.port), &root, Some("istiod.istio-system.svc")).unwrap();
     let identity =
         Identity { trust_domain: "cluster.local".into(), namespace: "back-end".into(), service_account: "default".into() };
@@ -252,4 +256,85 @@ async fn root_cert_configmaps_are_written_by_the_leader_only() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(root_of("front-end").is_none(), "a follower does not repair");
     task.abort();
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn secret_text(fake: &FakeApiServer, name: &str, key: &str) -> Option<String> {
+    use base64::Engine as _;
+    let s = fake.get("Secret", "istio-system", name)?;
+    let data = base64::engine::general_purpose::STANDARD.decode(s["data"][key].as_str()?).ok()?;
+    String::from_utf8(data).ok()
+}
+
+#[tokio::test]
+async fn the_leader_creates_one_root_in_a_secret_and_followers_and_restarts_use_it() {
+    let fake = FakeApiServer::start_new().await;
+    let options = CaOptions::default();
+    // A follower started first waits: it never creates a root of its own.
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let follower = {
+        let client = fake.client();
+        let options = options.clone();
+        tokio::spawn(async move { ca_secret::load_authority(&client, "istio-system", &options, leader_rx).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!follower.is_finished(), "a follower waits for the leader's root");
+    assert!(fake.get("Secret", "istio-system", ca_secret::SELF_SIGNED_SECRET).is_none(), "followers do not write");
+
+    // The leader creates istio-ca-secret.
+    let (_lead_tx, lead_rx) = watch::channel(true);
+    let (leader, origin) = ca_secret::load_authority(&fake.client(), "istio-system", &options, lead_rx).await.unwrap();
+    assert_eq!(origin, ca_secret::CaOrigin::SelfSignedCreated);
+    let stored = secret_text(&fake, ca_secret::SELF_SIGNED_SECRET, "ca-cert.pem").expect("root stored in the Secret");
+    assert_eq!(stored.trim(), leader.root_pem().trim());
+    let secret = fake.get("Secret", "istio-system", ca_secret::SELF_SIGNED_SECRET).unwrap();
+    assert_eq!(secret["type"], ca_secret::SELF_SIGNED_SECRET_TYPE);
+
+    // The waiting follower picks it up, and so does a restarted leader: one root for the mesh.
+    let (follower_ca, origin) = tokio::time::timeout(WAIT, follower).await.unwrap().unwrap().unwrap();
+    assert_eq!(origin, ca_secret::CaOrigin::SelfSignedExisting);
+    assert_eq!(follower_ca.root_pem(), leader.root_pem());
+    drop(leader_tx);
+    let (_tx, rx) = watch::channel(true);
+    let (restarted, origin) = ca_secret::load_authority(&fake.client(), "istio-system", &options, rx).await.unwrap();
+    assert_eq!(origin, ca_secret::CaOrigin::SelfSignedExisting);
+    assert_eq!(restarted.root_pem(), leader.root_pem());
+
+    // A certificate signed by the follower chains to the root the leader created.
+    let identity = Identity { trust_domain: "cluster.local".into(), namespace: "ns".into(), service_account: "sa".into() };
+    let request = keys::generate(KeyType::Ec, &identity).unwrap();
+    let chain = follower_ca.sign_csr(&request.csr_pem, &identity, None).unwrap();
+    assert_eq!(chain.last().unwrap().trim(), leader.root_pem().trim());
+}
+
+#[tokio::test]
+async fn the_cacerts_secret_plugs_in_a_ca() {
+    let fake = FakeApiServer::start_new().await;
+    let options = CaOptions::default();
+    // An intermediate-free plug-in CA: a root of our own, stored as Istio's cacerts Secret.
+    let (cert, key) = Authority::generate_self_signed(&options).unwrap();
+    fake.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "cacerts", "namespace": "istio-system"},
+        "data": {"ca-cert.pem": b64(&cert), "ca-key.pem": b64(&key), "root-cert.pem": b64(&cert), "cert-chain.pem": b64(&cert)},
+    }));
+    let (_tx, rx) = watch::channel(true);
+    let (ca, origin) = ca_secret::load_authority(&fake.client(), "istio-system", &options, rx).await.unwrap();
+    assert_eq!(origin, ca_secret::CaOrigin::Plugin);
+    assert_eq!(ca.root_pem().trim(), cert.trim());
+    assert!(fake.get("Secret", "istio-system", ca_secret::SELF_SIGNED_SECRET).is_none(), "no self-signed root with a plug-in CA");
+
+    // A cacerts Secret without its key is a clear error naming the Secret and the key.
+    fake.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "cacerts", "namespace": "istio-system"},
+        "data": {"ca-cert.pem": b64(&cert)},
+    }));
+    let (_tx, rx) = watch::channel(true);
+    let err = ca_secret::load_authority(&fake.client(), "istio-system", &options, rx).await.unwrap_err().to_string();
+    assert!(err.contains("istio-system/cacerts") && err.contains("ca-key.pem"), "{err}");
 }

@@ -183,6 +183,18 @@ impl Authority {
             return Self::load_plugin(dir, options);
         }
         std::fs::create_dir_all(dir).map_err(|source| CaError::Io { path: dir.display().to_string(), source })?;
+        let (cert_pem, key_pem) = Self::generate_self_signed(&options)?;
+        write_private(&dir.join(CA_KEY), &key_pem)?;
+        for (name, text) in [(CA_CERT, &cert_pem), (ROOT_CERT, &cert_pem), (CERT_CHAIN, &String::new())] {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|source| CaError::Io { path: path.display().to_string(), source })?;
+        }
+        Self::from_pem(&cert_pem, &key_pem, &cert_pem, "", options)
+    }
+
+    /// Creates a self-signed root (certificate and key, PEM) for `options.trust_domain`, valid for
+    /// `options.root_ttl`. The caller persists it (a directory, or a Kubernetes Secret).
+    pub fn generate_self_signed(options: &CaOptions) -> Result<(String, String), CaError> {
         let key = KeyPair::generate().map_err(|e| material("root key", e))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -195,17 +207,12 @@ impl Authority {
         params.not_after = now + options.root_ttl;
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key).map_err(|e| material("root certificate", e))?;
-        let cert_pem = cert.pem();
-        let key_pem = key.serialize_pem();
-        write_private(&dir.join(CA_KEY), &key_pem)?;
-        for (name, text) in [(CA_CERT, &cert_pem), (ROOT_CERT, &cert_pem), (CERT_CHAIN, &String::new())] {
-            let path = dir.join(name);
-            std::fs::write(&path, text).map_err(|source| CaError::Io { path: path.display().to_string(), source })?;
-        }
-        Self::from_pem(&cert_pem, &key_pem, &cert_pem, "", options)
+        Ok((cert.pem(), key.serialize_pem()))
     }
 
-    fn from_pem(ca_cert: &str, ca_key: &str, root: &str, chain: &str, options: CaOptions) -> Result<Authority, CaError> {
+    /// A CA from PEM text: the signing certificate and its key, the root (first certificate of
+    /// `root`), and the chain between them (may be empty).
+    pub fn from_pem(ca_cert: &str, ca_key: &str, root: &str, chain: &str, options: CaOptions) -> Result<Authority, CaError> {
         let key = KeyPair::from_pem(ca_key).map_err(|e| material(CA_KEY, e))?;
         let issuer = Issuer::from_ca_cert_pem(ca_cert, key).map_err(|e| material(CA_CERT, e))?;
         let not_after = not_after_of(ca_cert, CA_CERT)?;

@@ -37,7 +37,7 @@ pub const DEFAULT_BOOTSTRAP: &str = "./etc/istio/proxy/envoy-rev.yaml";
     mut_arg("ip", |a| a.env("INSTANCE_IP")),
     mut_arg("xds_address", |a| a.help(
         "Address of Sailplane's xDS port, `host:port`: the plaintext port (15010), or the secure port \
-         (15012) together with --xds-tls"
+         (15012: mTLS with the workload certificate, see --xds-tls)"
     )),
     mut_arg("output", |a| a.default_value(DEFAULT_BOOTSTRAP).help("Where to write the Envoy bootstrap")),
 )]
@@ -86,10 +86,12 @@ pub struct AgentArgs {
     #[arg(long, default_value = "./etc/istio/proxy/SDS", value_name = "PATH")]
     pub sds_socket: PathBuf,
 
-    /// Connect to xDS over mTLS, presenting the workload certificate (use with the secure port, 15012,
-    /// in --xds-address).
-    #[arg(long)]
-    pub xds_tls: bool,
+    /// Connect to xDS over mTLS, presenting the workload certificate (SDS `default`) and verifying
+    /// the control plane against ROOTCA (or --xds-root-ca). Default: on when the port of
+    /// --xds-address is 15012 (the secure port, as pilot-agent), off otherwise; `--xds-tls` or
+    /// `--xds-tls=true|false` decides explicitly (a secure port on another number needs `--xds-tls`).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub xds_tls: Option<bool>,
 
     /// Name the control plane's xDS certificate must carry (DNS SAN), also sent as SNI.
     #[arg(long, default_value = "istiod.istio-system.svc")]
@@ -134,9 +136,20 @@ async fn terminated() {
     }
 }
 
+/// The secure port: xDS there is mTLS.
+const SECURE_PORT: u16 = 15012;
+
+/// Whether xDS goes over mTLS: as `--xds-tls` says, else when the xDS port is the secure port.
+pub fn xds_tls_enabled(args: &AgentArgs) -> bool {
+    args.xds_tls.unwrap_or_else(|| {
+        let port = args.proxy.xds_address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+        port == Some(SECURE_PORT)
+    })
+}
+
 /// The bootstrap the agent writes for `args`.
 pub fn bootstrap_options(args: &AgentArgs) -> AgentBootstrap {
-    let xds_tls = args.xds_tls.then(|| XdsTls {
+    let xds_tls = xds_tls_enabled(args).then(|| XdsTls {
         server_name: args.xds_server_name.clone(),
         root_secret: match &args.xds_root_ca {
             Some(path) => format!("{FILE_ROOT_PREFIX}{}", envoy::absolute(path).display()),
@@ -228,5 +241,21 @@ mod tests {
 
         let a = Cli::try_parse_from(["agent", "--xds-tls", "--xds-root-ca", "/etc/x.pem"]).unwrap().args;
         assert_eq!(bootstrap_options(&a).xds_tls.map(|t| t.root_secret), Some("file-root:/etc/x.pem".to_string()));
+    }
+
+    #[test]
+    fn xds_tls_follows_the_secure_port_unless_told() {
+        let tls = |argv: &[&str]| {
+            let mut all = vec!["agent"];
+            all.extend_from_slice(argv);
+            bootstrap_options(&Cli::try_parse_from(all).unwrap().args).xds_tls.is_some()
+        };
+        assert!(!tls(&[]), "default address is the plaintext port");
+        assert!(tls(&["--xds-address", "istiod.istio-system.svc:15012"]));
+        assert!(tls(&["--xds-address", "127.0.0.1:15012"]));
+        assert!(!tls(&["--xds-address", "127.0.0.1:15010"]));
+        assert!(!tls(&["--xds-address", "127.0.0.1:15012", "--xds-tls=false"]));
+        assert!(tls(&["--xds-address", "127.0.0.1:41234", "--xds-tls"]));
+        assert!(tls(&["--xds-address", "127.0.0.1:41234", "--xds-tls=true"]));
     }
 }

@@ -20,6 +20,8 @@ use crate::push::{Debounce, Pusher};
 use crate::sources::files::{self, FileSource};
 use crate::sources::kube::{self as kube_source, KubeArgs, KubeSource, KubeSourceOptions};
 use crate::webhook::inject::InjectorConfig;
+use crate::xds::sds::KubernetesAccess;
+use crate::xds::{SameNamespace, SdsConfig, SecretAuthorizer};
 use crate::webhook::{WebhookArgs, WebhookServer, WebhookState};
 use crate::store::Store;
 
@@ -51,7 +53,9 @@ pub struct DiscoveryArgs {
     pub debounce_max: Duration,
     /// CA state directory: the self-signed root (created on first start and kept, so a restart keeps
     /// the mesh's trust) and the key that signs `sailplane token create` tokens. Relative paths are
-    /// against the working directory; use the same directory for `sailplane token create`.
+    /// against the working directory; use the same directory for `sailplane token create`. With
+    /// --kubernetes (and no --cacerts) the root lives in the `cacerts` or `istio-ca-secret` Secret
+    /// instead, shared by every replica; only the token key stays here.
     #[arg(long, env = "SAILPLANE_CA_DIR", default_value = DEFAULT_CA_DIR, value_name = "DIR")]
     pub ca_dir: PathBuf,
     /// Plug-in CA in Istio's `cacerts` layout (ca-cert.pem, ca-key.pem, root-cert.pem,
@@ -59,8 +63,10 @@ pub struct DiscoveryArgs {
     #[arg(long, value_name = "DIR")]
     pub cacerts: Option<PathBuf>,
     /// gRPC-over-TLS port (istiod's 15012) serving the CA API
-    /// (`istio.v1.auth.IstioCertificateService`), with a server certificate from the CA for
-    /// istiod.istio-system.svc, sailplane, localhost, 127.0.0.1 and --listen-address. 0 disables it.
+    /// (`istio.v1.auth.IstioCertificateService`) and ADS over mTLS (proxy identity from the client
+    /// certificate; `kubernetes://` secrets over SDS only here), with a server certificate from the
+    /// CA for istiod.istio-system.svc, sailplane, localhost, 127.0.0.1 and --listen-address. 0
+    /// disables it.
     #[arg(long, default_value_t = 15012)]
     pub secure_port: u16,
     /// Longest workload certificate lifetime a request may ask for (MAX_WORKLOAD_CERT_TTL).
@@ -128,30 +134,54 @@ pub struct LoadedCa {
     pub authenticators: Vec<Arc<dyn Authenticator>>,
 }
 
-/// The CA's signing authority and the authenticators of its callers, from the CA flags.
-pub fn load_ca(args: &DiscoveryArgs, trust_domain: &str) -> anyhow::Result<LoadedCa> {
+/// Lifetimes and trust domain of the CA, from the flags.
+fn ca_options(args: &DiscoveryArgs, trust_domain: &str) -> anyhow::Result<CaOptions> {
     anyhow::ensure!(
         args.workload_cert_ttl <= args.max_workload_cert_ttl,
         "--workload-cert-ttl {:?} is longer than --max-workload-cert-ttl {:?}",
         args.workload_cert_ttl,
         args.max_workload_cert_ttl
     );
-    let options = CaOptions {
+    Ok(CaOptions {
         trust_domain: trust_domain.to_string(),
         default_ttl: args.workload_cert_ttl,
         max_ttl: args.max_workload_cert_ttl,
         ..CaOptions::default()
-    };
+    })
+}
+
+/// The CA's signing authority and the authenticators of its callers, from the CA flags.
+pub fn load_ca(args: &DiscoveryArgs, trust_domain: &str) -> anyhow::Result<LoadedCa> {
+    let options = ca_options(args, trust_domain)?;
     let authority = match &args.cacerts {
         Some(dir) => Authority::load_plugin(dir, options).with_context(|| format!("plug-in CA {}", dir.display()))?,
         None => Authority::load_or_create_self_signed(&args.ca_dir, options)
             .with_context(|| format!("self-signed CA in {}", args.ca_dir.display()))?,
     };
+    Ok(LoadedCa { authority: Arc::new(authority), authenticators: token_authenticators(args)? })
+}
+
+/// Callers with a `sailplane token create` token (key in --ca-dir). Kubernetes mode adds a
+/// TokenReview authenticator after it.
+fn token_authenticators(args: &DiscoveryArgs) -> anyhow::Result<Vec<Arc<dyn Authenticator>>> {
     let tokens = TokenAuthority::load_or_create(&args.ca_dir)
         .with_context(|| format!("token key in {}", args.ca_dir.display()))?;
-    // Kubernetes mode adds a TokenReview authenticator here.
-    let authenticators: Vec<Arc<dyn Authenticator>> = vec![Arc::new(TokenAuthenticator::new(Arc::new(tokens)))];
-    Ok(LoadedCa { authority: Arc::new(authority), authenticators })
+    Ok(vec![Arc::new(TokenAuthenticator::new(Arc::new(tokens)))])
+}
+
+/// Kubernetes mode without --cacerts: the CA from the `cacerts` Secret, else the self-signed root in
+/// `istio-ca-secret` (created by the Lease holder), so every replica and restart signs with one root.
+async fn load_ca_from_cluster(
+    args: &DiscoveryArgs,
+    trust_domain: &str,
+    client: &kube::Client,
+    leading: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<LoadedCa> {
+    let options = ca_options(args, trust_domain)?;
+    let (authority, origin) =
+        kube_source::ca_secret::load_authority(client, &args.kube.istio_namespace, &options, leading).await?;
+    info!(?origin, "CA loaded from the cluster");
+    Ok(LoadedCa { authority: Arc::new(authority), authenticators: token_authenticators(args)? })
 }
 
 /// The secure port's TLS configuration: a CA-issued server certificate for the usual names plus the
@@ -180,7 +210,24 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
         }
         (None, None) => (MeshConfig::default(), None),
     };
-    let LoadedCa { authority, mut authenticators } = load_ca(&args, &mesh.trust_domain)?;
+    // In Kubernetes the Lease comes first: only its holder creates the CA root (and writes ConfigMaps);
+    // every replica serves.
+    let leading = kube_client.as_ref().map(|client| {
+        let identity = args.kube.pod_name.clone().unwrap_or_else(kube_source::leader::default_identity);
+        let election = kube_source::leader::LeaderElection::new(
+            client.clone(),
+            &args.kube.istio_namespace,
+            kube_source::leader::DEFAULT_LEASE,
+            &identity,
+        );
+        election.spawn().0
+    });
+    let LoadedCa { authority, mut authenticators } = match (&kube_client, &leading) {
+        (Some(client), Some(leading)) if args.cacerts.is_none() => {
+            load_ca_from_cluster(&args, &mesh.trust_domain, client, leading.clone()).await?
+        }
+        _ => load_ca(&args, &mesh.trust_domain)?,
+    };
     if let Some(client) = &kube_client {
         // Pods authenticate with their projected service-account token (audience istio-ca).
         authenticators.push(Arc::new(kube_source::review::TokenReviewAuthenticator::new(client.clone())));
@@ -215,6 +262,14 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     };
 
     let xds = crate::xds::XdsServer::new(Arc::clone(&pusher) as Arc<dyn crate::xds::SnapshotSource>, &mut registry);
+    // SDS over ADS (`kubernetes://` secrets) to proxies verified on the secure port. Who may read a
+    // namespace's Secrets: the same namespace in file mode; in Kubernetes also a
+    // SubjectAccessReview (`list secrets`), as istiod asks.
+    let authorizer: Arc<dyn SecretAuthorizer> = match &kube_client {
+        Some(client) => Arc::new(KubernetesAccess::new(Arc::new(kube_source::review::SubjectAccessReviewer::new(client.clone())))),
+        None => Arc::new(SameNamespace),
+    };
+    xds.serve_secrets(SdsConfig { secrets: pusher.secrets(), authorizer });
     let status = xds.status();
     let admin_state = AdminState { store: Arc::clone(&store), pusher: Arc::clone(&pusher), status, registry: Arc::new(registry) };
 
@@ -234,15 +289,8 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             info!(webhook = ?webhook.local_addr(), "admission webhooks serving /inject and /validate");
             tasks.spawn(async move { webhook.run().await.context("webhook server") });
         }
-        // Writes to the cluster (root cert ConfigMaps) only by the Lease holder; every replica serves.
-        let identity = args.kube.pod_name.clone().unwrap_or_else(kube_source::leader::default_identity);
-        let election = kube_source::leader::LeaderElection::new(
-            client.clone(),
-            &args.kube.istio_namespace,
-            kube_source::leader::DEFAULT_LEASE,
-            &identity,
-        );
-        let (leading, _election) = election.spawn();
+        // Root cert ConfigMaps are written by the Lease holder only.
+        let leading = leading.clone().context("the Lease election runs in Kubernetes mode")?;
         let publisher = kube_source::rootcert::RootCertPublisher::new(
             client.clone(),
             Arc::clone(&store),
@@ -264,20 +312,24 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             Ok(())
         }
     });
+    // The same ADS server (one status registry, one body cache) also on the secure port, below.
+    let secure_ads = xds.clone().into_service();
     tasks.spawn(async move { xds.serve(xds_listener).await.context("xDS server") });
     tasks.spawn(async move { admin::serve(mon_listener, admin_state).await.context("monitoring server") });
     if let Some(listener) = secure_listener {
         let tls_config = secure_tls_config(&authority, args.listen_address)?;
-        // One tonic server for everything on the secure port: the CA now; ADS over mTLS is added to
-        // this router (`.add_service(..)`), and reads the caller's identity from `TlsConnectInfo`.
+        // One tonic server for everything on the secure port: the CA (bearer token, no client
+        // certificate yet) and ADS over mTLS, whose proxy identity is the client certificate's
+        // SPIFFE URI (from `TlsConnectInfo`; see `xds/server.rs`).
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(CaService::new(Arc::clone(&authority), authenticators).into_server());
+            .add_service(CaService::new(Arc::clone(&authority), authenticators).into_server())
+            .add_service(secure_ads);
         tasks.spawn(async move {
             router.serve_with_incoming(tls::incoming(listener, tls_config)).await.context("secure gRPC server")
         });
-        info!(secure = %secure_addr, trust_domain = %authority.options().trust_domain, "CA serving on the secure port");
+        info!(secure = %secure_addr, trust_domain = %authority.options().trust_domain, "CA and ADS over mTLS serving on the secure port");
     }
     info!(xds = %xds_addr, monitoring = %mon_addr, config = ?args.config, kubernetes = args.kube.kubernetes, "sailplane discovery started");
 

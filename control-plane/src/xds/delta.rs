@@ -22,26 +22,39 @@ use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
 use super::Snapshot;
+use super::sds::StreamSecrets;
 use super::server::{Connection, Out, Shared, first_request};
 use super::status::XdsApi;
 use super::wire;
+use crate::ca::Identity;
 
 /// Runs one `DeltaAggregatedResources` stream to its end.
 pub(crate) async fn run(
     shared: Arc<Shared>,
+    identity: Option<Identity>,
     mut requests: Streaming<DeltaDiscoveryRequest>,
     out: Out,
 ) -> Result<(), Status> {
-    let Some((first, proxy)) = first_request(&mut requests, |r: &DeltaDiscoveryRequest| r.node.as_ref()).await? else {
+    let first = first_request(&mut requests, identity.as_ref(), |r: &DeltaDiscoveryRequest| r.node.as_ref()).await?;
+    let Some((first, proxy)) = first else {
         return Ok(());
     };
-    let (conn, mut snapshots) = Connection::open(&shared, proxy, XdsApi::Delta);
+    let (conn, mut snapshots) = Connection::open(&shared, proxy, identity, XdsApi::Delta);
     let mut current = Arc::clone(&snapshots.borrow_and_update());
     let closed = shared.closed();
     tokio::pin!(closed);
-    let mut stream = DeltaStream { shared: &shared, conn: &conn, types: Default::default(), unknown: HashSet::new(), unknown_pending: Vec::new() };
+    let secrets = conn.secrets();
+    let mut stream = DeltaStream {
+        shared: &shared,
+        conn: &conn,
+        types: Default::default(),
+        unknown: HashSet::new(),
+        unknown_pending: Vec::new(),
+        secrets,
+    };
     stream.on_request(first);
-    stream.respond(&current, false, &out).await?;
+    let secrets_changed = stream.refresh_secrets().await;
+    stream.respond(&current, secrets_changed, &out).await?;
     loop {
         let changed = tokio::select! {
             request = requests.message() => match request {
@@ -62,10 +75,13 @@ pub(crate) async fn run(
                 current = Arc::clone(&snapshots.borrow_and_update());
                 true
             },
+            // Only the secrets may have changed: `refresh_secrets` below says whether they did.
+            () = stream.secrets.index_changed() => false,
             () = out.closed() => return Ok(()),
             () = &mut closed => return Err(Status::unavailable("the control plane is shutting down")),
         };
-        stream.respond(&current, changed, &out).await?;
+        let secrets_changed = stream.refresh_secrets().await;
+        stream.respond(&current, changed || secrets_changed, &out).await?;
     }
 }
 
@@ -101,9 +117,21 @@ struct DeltaStream<'a> {
     /// Types Sailplane does not serve, already seen.
     unknown: HashSet<String>,
     unknown_pending: Vec<String>,
+    /// The secrets this stream may receive (SDS is answered from these, not from the snapshot).
+    secrets: StreamSecrets,
 }
 
 impl DeltaStream<'_> {
+    /// Resolves the subscribed secret names; whether what the proxy may receive changed.
+    async fn refresh_secrets(&mut self) -> bool {
+        let ts = &self.types[TypeUrl::Secret.index()];
+        if !ts.subscribed {
+            return false;
+        }
+        let names = Arc::clone(&ts.names);
+        self.secrets.refresh(&names).await
+    }
+
     fn on_request(&mut self, req: DeltaDiscoveryRequest) {
         let Some(t) = TypeUrl::parse(&req.type_url) else {
             // Answer a type we do not serve once, empty, so the proxy does not wait on it.
@@ -151,7 +179,12 @@ impl DeltaStream<'_> {
             if !first {
                 ts.diff.insert(name.clone(), None);
             }
-            ts.announce.insert(name.clone());
+            // A secret that is not served (absent, or refused) is not announced as removed: Envoy's
+            // SDS rejects an update without the resource, and should just keep waiting, as istiod
+            // makes it.
+            if t != TypeUrl::Secret {
+                ts.announce.insert(name.clone());
+            }
             Arc::make_mut(&mut ts.names).insert(name);
             ts.pending = true;
         }
@@ -182,24 +215,31 @@ impl DeltaStream<'_> {
             if !ts.subscribed || !(ts.pending || changed) {
                 continue;
             }
-            let same_base = ts.base.as_ref().is_some_and(|b| Arc::ptr_eq(b, &snap.resources));
+            // Secrets come from this stream's own set (see `xds/sds.rs`); the status registry gets
+            // the copy without private keys.
+            let (set, recorded) = if t == TypeUrl::Secret {
+                (&self.secrets.set, &self.secrets.redacted)
+            } else {
+                (&snap.resources, &snap.resources)
+            };
+            let same_base = ts.base.as_ref().is_some_and(|b| Arc::ptr_eq(b, set));
             if !ts.pending && same_base && ts.diff.is_empty() {
                 continue;
             }
-            let (updated, removed) = changes(snap.resources.of(t), ts.base.as_deref().map(|b| b.of(t)), ts);
-            ts.base = Some(Arc::clone(&snap.resources));
+            let (updated, removed) = changes(set.of(t), ts.base.as_deref().map(|b| b.of(t)), ts);
+            ts.base = Some(Arc::clone(set));
             ts.diff.clear();
             ts.announce.clear();
             if updated.is_empty() && removed.is_empty() && !ts.pending {
                 continue;
             }
-            let version = shared.cache.type_version(&snap.resources, t);
+            let version = shared.cache.type_version(set, t);
             let nonce = shared.next_nonce();
             let removed_refs: Vec<&str> = removed.iter().map(String::as_str).collect();
             let message = wire::delta_message(&version, t.as_str(), &updated, &removed_refs, &nonce, cp);
             let size = message.len();
             out.send(message).await?;
-            self.conn.entry.sent(t, &version, &nonce, &snap.resources, (!ts.wildcard).then_some(&ts.names), snap.push);
+            self.conn.entry.sent(t, &version, &nonce, recorded, (!ts.wildcard).then_some(&ts.names), snap.push);
             shared.metrics.push(t, size);
             debug!(
                 proxy = %self.conn.proxy.id, type_url = t.short(), version = %version, nonce,

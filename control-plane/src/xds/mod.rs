@@ -7,6 +7,7 @@
 //! - `server`: the tower/tonic service, one task per stream, and [`XdsServer::serve`];
 //! - `sotw` / `delta`: the two protocol state machines;
 //! - `wire`: responses assembled from pre-encoded `Any` bytes; `cache`: bodies shared across streams;
+//! - `sds`: `kubernetes://` secrets per stream, by the proxy's verified identity;
 //! - `io`: write coalescing for HTTP/2's small frames;
 //! - `status`: per-proxy ACK/NACK state for `/debug/syncz` and `/debug/config_dump`; `metrics`.
 
@@ -14,12 +15,14 @@ mod cache;
 mod delta;
 mod io;
 pub mod metrics;
+pub mod sds;
 mod server;
 mod sotw;
 pub mod status;
 mod wire;
 
 pub use metrics::XdsMetrics;
+pub use sds::{SameNamespace, SdsConfig, SecretAuthorizer, SecretIndex};
 pub use server::{AdsService, XdsError, XdsServer, listen};
 pub use status::{SentResources, StatusRegistry, SyncState, TypeStatus, XdsApi};
 

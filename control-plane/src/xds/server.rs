@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,14 +29,17 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use prometheus_client::registry::Registry;
 use tonic_prost::ProstCodec;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::cache::BodyCache;
 use super::io::CoalescingIo;
 use super::metrics::XdsMetrics;
+use super::sds::SdsConfig;
 use super::status::{ProxyEntry, StatusRegistry, XdsApi};
 use super::wire::Framed;
 use super::{Snapshot, SnapshotSource, delta, sotw};
+use crate::ca::Identity;
+use crate::ca::server::tls::TlsConnectInfo;
 use crate::proxy::ProxyInfo;
 
 /// gRPC path of the state-of-the-world method.
@@ -69,6 +72,8 @@ pub(crate) struct Shared {
     pub(crate) status: Arc<StatusRegistry>,
     pub(crate) metrics: Arc<XdsMetrics>,
     pub(crate) cache: BodyCache,
+    /// SDS over ADS, when enabled ([`XdsServer::serve_secrets`]).
+    pub(crate) sds: OnceLock<SdsConfig>,
     nonce_prefix: u32,
     nonce: AtomicU64,
     /// Set when the server shuts down: every stream then ends with UNAVAILABLE, so the proxies
@@ -121,10 +126,20 @@ impl XdsServer {
                 status,
                 metrics,
                 cache: BodyCache::new(CONTROL_PLANE_ID),
+                sds: OnceLock::new(),
                 nonce_prefix: rand::random(),
                 nonce: AtomicU64::new(1),
                 closing: watch::Sender::new(false),
             }),
+        }
+    }
+
+    /// Serves `kubernetes://` secrets over ADS from `config` (see `xds/sds.rs`), to proxies whose
+    /// verified identity the config's authorizer allows. Without this, secret requests get nothing.
+    /// Only the first call counts.
+    pub fn serve_secrets(&self, config: SdsConfig) {
+        if self.shared.sds.set(config).is_err() {
+            warn!("sds already configured on this xds server; later configuration ignored");
         }
     }
 
@@ -240,6 +255,14 @@ where
         if req.headers().get("grpc-encoding").is_some_and(|v| v.as_bytes() != b"identity") {
             return ready(Ok(Status::unimplemented("compressed requests are not supported").into_http()));
         }
+        let identity = match peer_identity(req.extensions().get::<TlsConnectInfo>()) {
+            Ok(identity) => identity,
+            Err(status) => {
+                let remote = req.extensions().get::<TlsConnectInfo>().and_then(|i| i.remote_addr);
+                warn!(remote = ?remote, reason = status.message(), "xds stream refused");
+                return ready(Ok(status.into_http()));
+            }
+        };
         let (tx, rx) = mpsc::channel(BODY_QUEUE);
         let out = Out { tx };
         let shared = Arc::clone(&self.shared);
@@ -248,12 +271,12 @@ where
             XdsApi::Sotw => {
                 let decoder = ProstCodec::<DiscoveryResponse, DiscoveryRequest>::default().decoder();
                 let requests = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES));
-                tokio::spawn(finish(sotw::run(shared, requests, out.clone()), out));
+                tokio::spawn(finish(sotw::run(shared, identity, requests, out.clone()), out));
             }
             XdsApi::Delta => {
                 let decoder = ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default().decoder();
                 let requests = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES));
-                tokio::spawn(finish(delta::run(shared, requests, out.clone()), out));
+                tokio::spawn(finish(delta::run(shared, identity, requests, out.clone()), out));
             }
         }
         let mut response = http::Response::new(tonic::body::Body::new(AdsBody { rx }));
@@ -261,6 +284,26 @@ where
             .headers_mut()
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
         ready(Ok(response))
+    }
+}
+
+/// Who the peer of a stream is, as its transport proved it.
+///
+/// - No TLS information: the plaintext port (15010); no identity, so no secrets.
+/// - The secure port (15012): the client certificate, verified against the mesh root during the
+///   handshake, must be there and carry a SPIFFE URI; that URI is the proxy's identity (never the
+///   node metadata). The handshake only *requests* a certificate, because CA callers on the same port
+///   have none yet; xDS is refused without one, as istiod does (`XDS_AUTH`).
+fn peer_identity(tls: Option<&TlsConnectInfo>) -> Result<Option<Identity>, Status> {
+    let Some(tls) = tls else { return Ok(None) };
+    if tls.peer_certificates.as_ref().is_none_or(|c| c.is_empty()) {
+        return Err(Status::unauthenticated(
+            "xds on the secure port requires a client certificate issued by the mesh CA (or use the plaintext xds port)",
+        ));
+    }
+    match tls.peer_identity() {
+        Some(identity) => Ok(Some(identity)),
+        None => Err(Status::unauthenticated("the client certificate carries no SPIFFE identity (spiffe://<td>/ns/<ns>/sa/<sa>)")),
     }
 }
 
@@ -324,17 +367,30 @@ impl http_body::Body for AdsBody {
 pub(crate) struct Connection {
     shared: Arc<Shared>,
     pub(crate) proxy: ProxyInfo,
+    /// The identity of the proxy's certificate (`None` on the plaintext port).
+    pub(crate) identity: Option<Identity>,
     pub(crate) entry: Arc<ProxyEntry>,
 }
 
 impl Connection {
     /// Registers `proxy` and returns its snapshot channel.
-    pub(crate) fn open(shared: &Arc<Shared>, proxy: ProxyInfo, api: XdsApi) -> (Connection, watch::Receiver<Arc<Snapshot>>) {
-        let entry = shared.status.register(&proxy, api);
+    pub(crate) fn open(
+        shared: &Arc<Shared>,
+        proxy: ProxyInfo,
+        identity: Option<Identity>,
+        api: XdsApi,
+    ) -> (Connection, watch::Receiver<Arc<Snapshot>>) {
+        let spiffe = identity.as_ref().map(Identity::spiffe_uri);
+        let entry = shared.status.register(&proxy, spiffe.clone(), api);
         shared.metrics.connect();
         let snapshots = shared.source.connect(&proxy);
-        info!(proxy = %proxy.id, api = api.as_str(), "proxy connected");
-        (Connection { shared: Arc::clone(shared), proxy, entry }, snapshots)
+        info!(proxy = %proxy.id, api = api.as_str(), identity = spiffe.as_deref().unwrap_or("none"), "proxy connected");
+        (Connection { shared: Arc::clone(shared), proxy, identity, entry }, snapshots)
+    }
+
+    /// This stream's view of the secrets (empty unless SDS is enabled and the proxy is verified).
+    pub(crate) fn secrets(&self) -> super::sds::StreamSecrets {
+        super::sds::StreamSecrets::new(&self.proxy.id, self.identity.clone(), self.shared.sds.get().cloned())
     }
 }
 
@@ -349,8 +405,12 @@ impl Drop for Connection {
 
 /// Reads the first request of a stream and identifies the proxy from its node. `Ok(None)`: the client
 /// left before saying anything.
+///
+/// A verified proxy must not claim another namespace than its certificate's (istiod's identity
+/// check): the namespace decides its configuration and which `kubernetes://NAME` secrets it means.
 pub(crate) async fn first_request<T, N>(
     requests: &mut Streaming<T>,
+    identity: Option<&Identity>,
     node: N,
 ) -> Result<Option<(T, ProxyInfo)>, Status>
 where
@@ -365,5 +425,16 @@ where
         }
     };
     let proxy = ProxyInfo::from_node(node(&first)).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if let Some(identity) = identity
+        && identity.namespace != proxy.profile.namespace
+    {
+        warn!(proxy = %proxy.id, identity = %identity.spiffe_uri(), namespace = %proxy.profile.namespace, "xds stream refused: namespace does not match the certificate");
+        return Err(Status::permission_denied(format!(
+            "proxy {} claims namespace {:?}, but its certificate is for {}",
+            proxy.id,
+            proxy.profile.namespace,
+            identity.spiffe_uri()
+        )));
+    }
     Ok(Some((first, proxy)))
 }

@@ -21,22 +21,32 @@ use tracing::{debug, warn};
 
 use super::Snapshot;
 use super::cache::Subscription;
+use super::sds::StreamSecrets;
 use super::server::{Connection, Out, Shared, first_request};
 use super::status::XdsApi;
 use super::wire;
+use crate::ca::Identity;
 
 /// Runs one `StreamAggregatedResources` stream to its end.
-pub(crate) async fn run(shared: Arc<Shared>, mut requests: Streaming<DiscoveryRequest>, out: Out) -> Result<(), Status> {
-    let Some((first, proxy)) = first_request(&mut requests, |r: &DiscoveryRequest| r.node.as_ref()).await? else {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    identity: Option<Identity>,
+    mut requests: Streaming<DiscoveryRequest>,
+    out: Out,
+) -> Result<(), Status> {
+    let first = first_request(&mut requests, identity.as_ref(), |r: &DiscoveryRequest| r.node.as_ref()).await?;
+    let Some((first, proxy)) = first else {
         return Ok(());
     };
-    let (conn, mut snapshots) = Connection::open(&shared, proxy, XdsApi::Sotw);
+    let (conn, mut snapshots) = Connection::open(&shared, proxy, identity, XdsApi::Sotw);
     let mut current = Arc::clone(&snapshots.borrow_and_update());
     let closed = shared.closed();
     tokio::pin!(closed);
-    let mut stream = SotwStream { shared: &shared, conn: &conn, types: Default::default(), unknown: HashMap::new() };
+    let secrets = conn.secrets();
+    let mut stream = SotwStream { shared: &shared, conn: &conn, types: Default::default(), unknown: HashMap::new(), secrets };
     stream.on_request(first);
-    stream.respond(&current, false, &out).await?;
+    let secrets_changed = stream.refresh_secrets().await;
+    stream.respond(&current, secrets_changed, &out).await?;
     loop {
         let changed = tokio::select! {
             request = requests.message() => match request {
@@ -57,10 +67,13 @@ pub(crate) async fn run(shared: Arc<Shared>, mut requests: Streaming<DiscoveryRe
                 current = Arc::clone(&snapshots.borrow_and_update());
                 true
             },
+            // Only the secrets may have changed: `refresh_secrets` below says whether they did.
+            () = stream.secrets.index_changed() => false,
             () = out.closed() => return Ok(()),
             () = &mut closed => return Err(Status::unavailable("the control plane is shutting down")),
         };
-        stream.respond(&current, changed, &out).await?;
+        let secrets_changed = stream.refresh_secrets().await;
+        stream.respond(&current, changed || secrets_changed, &out).await?;
     }
 }
 
@@ -86,6 +99,8 @@ struct SotwStream<'a> {
     types: [TypeState; 5],
     /// Types Sailplane does not serve, by URL: whether a response is owed.
     unknown: HashMap<String, UnknownType>,
+    /// The secrets this stream may receive (SDS is answered from these, not from the snapshot).
+    secrets: StreamSecrets,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +110,16 @@ struct UnknownType {
 }
 
 impl SotwStream<'_> {
+    /// Resolves the subscribed secret names; whether what the proxy may receive changed.
+    async fn refresh_secrets(&mut self) -> bool {
+        let ts = &self.types[TypeUrl::Secret.index()];
+        if !ts.subscribed {
+            return false;
+        }
+        let names = Arc::clone(&ts.sub.names);
+        self.secrets.refresh(&names).await
+    }
+
     fn on_request(&mut self, req: DiscoveryRequest) {
         let Some(t) = TypeUrl::parse(&req.type_url) else {
             let u = self.unknown.entry(req.type_url.clone()).or_default();
@@ -151,7 +176,14 @@ impl SotwStream<'_> {
             if !ts.subscribed || !(ts.pending || changed) {
                 continue;
             }
-            let body = shared.cache.sotw(&snap.resources, t, &ts.sub);
+            // Secrets come from this stream's own set (see `xds/sds.rs`); the status registry gets
+            // the copy without private keys.
+            let (set, recorded) = if t == TypeUrl::Secret {
+                (&self.secrets.set, &self.secrets.redacted)
+            } else {
+                (&snap.resources, &snap.resources)
+            };
+            let body = shared.cache.sotw(set, t, &ts.sub);
             if !ts.pending && ts.sent_fingerprint == Some(body.fingerprint) {
                 continue;
             }
@@ -163,7 +195,7 @@ impl SotwStream<'_> {
                 t,
                 &body.version,
                 &nonce,
-                &snap.resources,
+                recorded,
                 (!ts.sub.wildcard).then_some(&ts.sub.names),
                 snap.push,
             );

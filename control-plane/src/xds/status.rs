@@ -117,6 +117,8 @@ pub struct SentResources {
 pub struct ProxyEntry {
     conn: u64,
     info: ProxyInfo,
+    /// SPIFFE URI of the proxy's verified certificate, if it connected over mTLS.
+    identity: Option<String>,
     api: XdsApi,
     connected_at: SystemTime,
     connected_instant: Instant,
@@ -133,6 +135,11 @@ impl ProxyEntry {
     /// The proxy's identity.
     pub fn info(&self) -> &ProxyInfo {
         &self.info
+    }
+
+    /// The SPIFFE identity of its verified client certificate (`None`: plaintext port).
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
     }
 
     /// Which ADS flavour it speaks.
@@ -203,6 +210,7 @@ impl ProxyEntry {
         out.insert("ips".into(), json!(self.info.ips));
         out.insert("proxy_type".into(), json!(format!("{:?}", self.info.profile.node_type).to_lowercase()));
         out.insert("api".into(), json!(self.api.as_str()));
+        out.insert("identity".into(), json!(self.identity));
         let since_epoch = self.connected_at.duration_since(UNIX_EPOCH).unwrap_or_default();
         out.insert("connected_at_unix_ms".into(), json!(since_epoch.as_millis() as u64));
         out.insert("connected_seconds".into(), json!(self.connected_instant.elapsed().as_secs()));
@@ -266,10 +274,11 @@ impl StatusRegistry {
     }
 
     /// Adds a stream. A reconnecting proxy replaces its older stream's entry.
-    pub(crate) fn register(&self, info: &ProxyInfo, api: XdsApi) -> Arc<ProxyEntry> {
+    pub(crate) fn register(&self, info: &ProxyInfo, identity: Option<String>, api: XdsApi) -> Arc<ProxyEntry> {
         let entry = Arc::new(ProxyEntry {
             conn: self.next_conn.fetch_add(1, Ordering::Relaxed),
             info: info.clone(),
+            identity,
             api,
             connected_at: SystemTime::now(),
             connected_instant: Instant::now(),
@@ -313,7 +322,8 @@ impl StatusRegistry {
 
     /// The `/debug/syncz` document: a JSON array with one object per connected proxy, sorted by id:
     /// `{"proxy", "cluster_id", "namespace", "ips", "proxy_type", "api", "connected_at_unix_ms",
-    /// "connected_seconds", "push", "cds"|"eds"|"lds"|"rds"|"sds": "SYNCED"|"STALE"|"NOT SENT"|"ERROR",
+    /// "connected_seconds", "push", "identity" (SPIFFE URI of the verified client certificate, or null),
+    /// "cds"|"eds"|"lds"|"rds"|"sds": "SYNCED"|"STALE"|"NOT SENT"|"ERROR",
     /// "types": {<short>: {"status", "sent_version", "sent_nonce", "acked_version", "acked_nonce",
     /// "error", "responses"}}}`.
     pub fn syncz(&self) -> Value {
@@ -352,7 +362,7 @@ mod tests {
     fn state_follows_nonces() {
         let reg = StatusRegistry::new();
         let p = info("a");
-        let e = reg.register(&p, XdsApi::Sotw);
+        let e = reg.register(&p, None, XdsApi::Sotw);
         let set = Arc::new(ResourceSet::new());
         assert_eq!(reg.state(&p.id, TypeUrl::Cluster), Some(SyncState::NotSent));
         e.sent(TypeUrl::Cluster, "v1", "n1", &set, None, 1);
@@ -377,8 +387,8 @@ mod tests {
     fn reconnect_keeps_newer_entry() {
         let reg = StatusRegistry::new();
         let p = info("a");
-        let old = reg.register(&p, XdsApi::Sotw);
-        let new = reg.register(&p, XdsApi::Delta);
+        let old = reg.register(&p, None, XdsApi::Sotw);
+        let new = reg.register(&p, None, XdsApi::Delta);
         reg.unregister(&old);
         assert_eq!(reg.get(&p.id).map(|e| e.api()), Some(XdsApi::Delta));
         reg.unregister(&new);

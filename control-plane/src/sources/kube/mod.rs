@@ -19,9 +19,11 @@
 //! keeps an object that disappeared while the watch was down.
 //!
 //! The other Kubernetes API clients live next to the source: [`review`] (TokenReview authentication
-//! for the CA, SubjectAccessReview before serving Secrets), [`leader`] (Lease leader election) and
+//! for the CA, SubjectAccessReview before serving Secrets), [`leader`] (Lease leader election),
+//! [`ca_secret`] (the CA root in the `cacerts` or `istio-ca-secret` Secret, created by the leader) and
 //! [`rootcert`] (the `istio-ca-root-cert` ConfigMap in every namespace, written by the leader).
 
+pub mod ca_secret;
 pub mod leader;
 pub mod review;
 pub mod rootcert;
