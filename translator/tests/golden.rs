@@ -5,7 +5,8 @@
 //! compared with `testdata/<case>/{clusters,endpoints,listeners,routes}.json` (Envoy config_dump
 //! shape) and, when the input has problems, `testdata/<case>/diagnostics.txt`. Missing, stale or
 //! extra outputs fail. Every case's static bootstrap is also loaded by real Envoy
-//! (`envoy --mode validate`); a missing Envoy fails the test.
+//! (`envoy --mode validate`), with its SDS secrets inlined as static secrets holding a test
+//! certificate so that Envoy builds (and checks) every TLS context; a missing Envoy fails the test.
 //!
 //! Regenerate with `SAILPLANE_REGENERATE=1 cargo test -p sailplane-translator --test golden`.
 
@@ -16,7 +17,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use prost::Message;
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket, data_source, transport_socket};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, Secret, TlsCertificate, UpstreamTlsContext,
+    secret,
+};
+use prost::{Message, Name};
 use sailplane_translator::api::parse_object;
 use sailplane_translator::model::{InterceptionMode, MeshConfig, NodeType, ProxyProfile, build_world};
 use sailplane_translator::{Diagnostic, ResourceSet, TypeUrl, build, static_bootstrap};
@@ -163,7 +171,8 @@ fn envoy_validate(envoy: &Path, case: &Case) -> Result<(), String> {
     };
     let ns = &case.profile.namespace;
     let node_id = format!("{node_type}~10.0.0.1~golden.{ns}~{ns}.svc.cluster.local");
-    let bootstrap = static_bootstrap(&case.set, &node_id, &format!("golden.{ns}")).map_err(|e| e.to_string())?;
+    let mut bootstrap = static_bootstrap(&case.set, &node_id, &format!("golden.{ns}")).map_err(|e| e.to_string())?;
+    inline_secrets(&mut bootstrap);
     let json = sailplane_proto::message_to_json("envoy.config.bootstrap.v3.Bootstrap", &bootstrap.encode_to_vec())
         .map_err(|e| e.to_string())?;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("golden");
@@ -186,6 +195,91 @@ fn envoy_validate(envoy: &Path, case: &Case) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ))
     }
+}
+
+/// Test certificate (self-signed, P-256, SANs `spiffe://cluster.local/ns/default/sa/golden` and
+/// `golden.example.com`, valid until 2126) standing in for every secret a case references.
+const GOLDEN_CERT: &str = include_str!("data/golden-cert.pem");
+const GOLDEN_KEY: &str = include_str!("data/golden-key.pem");
+
+/// Replaces every SDS secret reference (agent SDS over `sds-grpc`, credentials over ADS) with a
+/// static secret of the same name holding the test certificate.
+///
+/// Envoy's validate mode starts no subscriptions, so a TLS context that waits for SDS is never
+/// built and its mistakes (cipher suites, protocol versions, validation settings) pass unseen.
+/// With static secrets the contexts are built at load time and real Envoy checks them.
+fn inline_secrets(bootstrap: &mut Bootstrap) {
+    let Some(resources) = bootstrap.static_resources.as_mut() else { return };
+    // Secret name -> whether it is a certificate (else a validation context).
+    let mut names: BTreeMap<String, bool> = BTreeMap::new();
+    for c in &mut resources.clusters {
+        let sockets = c
+            .transport_socket
+            .iter_mut()
+            .chain(c.transport_socket_matches.iter_mut().filter_map(|m| m.transport_socket.as_mut()));
+        for ts in sockets {
+            rewrite_tls::<UpstreamTlsContext>(ts, &mut names, |t| t.common_tls_context.as_mut());
+        }
+    }
+    for l in &mut resources.listeners {
+        for chain in l.filter_chains.iter_mut().chain(l.default_filter_chain.iter_mut()) {
+            if let Some(ts) = chain.transport_socket.as_mut() {
+                rewrite_tls::<DownstreamTlsContext>(ts, &mut names, |t| t.common_tls_context.as_mut());
+            }
+        }
+    }
+    let data = |s: &str| {
+        Some(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(s.to_string())),
+            ..Default::default()
+        })
+    };
+    for (name, is_cert) in names {
+        let r#type = if is_cert {
+            secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: data(GOLDEN_CERT),
+                private_key: data(GOLDEN_KEY),
+                ..Default::default()
+            })
+        } else {
+            secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: data(GOLDEN_CERT),
+                ..Default::default()
+            })
+        };
+        resources.secrets.push(Secret { name, r#type: Some(r#type) });
+    }
+}
+
+/// Decodes a TLS transport socket's context, drops the `sds_config` of its secret references
+/// (leaving references to static secrets), records their names and encodes it back.
+fn rewrite_tls<M: Message + Name + Default>(
+    ts: &mut TransportSocket,
+    names: &mut BTreeMap<String, bool>,
+    common: impl Fn(&mut M) -> Option<&mut CommonTlsContext>,
+) {
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = ts.config_type.as_mut() else { return };
+    if any.type_url != M::type_url() {
+        return;
+    }
+    let mut ctx = M::decode(any.value.as_slice()).unwrap();
+    if let Some(c) = common(&mut ctx) {
+        for s in &mut c.tls_certificate_sds_secret_configs {
+            s.sds_config = None;
+            names.insert(s.name.clone(), true);
+        }
+        if let Some(ValidationContextType::CombinedValidationContext(v)) = c.validation_context_type.as_mut()
+            && let Some(s) = v.validation_context_sds_secret_config.as_mut()
+        {
+            s.sds_config = None;
+            names.insert(s.name.clone(), false);
+        }
+        if let Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) = c.validation_context_type.as_mut() {
+            s.sds_config = None;
+            names.insert(s.name.clone(), false);
+        }
+    }
+    any.value = ctx.encode_to_vec();
 }
 
 #[test]

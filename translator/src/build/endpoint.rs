@@ -4,7 +4,8 @@
 //! As istiod: endpoints are grouped by locality (sorted), each `HEALTHY` with a load-balancing
 //! weight (1 when unset), each locality weighted by the sum; endpoints that are not ready are left
 //! out; endpoints of workloads with a sidecar carry `envoy.transport_socket_match: {tlsMode: istio}`
-//! so auto-mTLS clusters can pick the Istio TLS socket for them.
+//! so auto-mTLS clusters can pick the Istio TLS socket for them, except on ports where the
+//! workload's own PeerAuthentication is DISABLE ([`Endpoint::accepts_mtls`]).
 
 use std::collections::BTreeMap;
 
@@ -116,7 +117,7 @@ pub fn encode_locality_endpoints(svc: &Service, port: &ServicePort, labels: Opti
         let address = field_len(socket);
         let endpoint = field_len(address);
         let weight = ep.weight.max(1);
-        let sidecar = ep.has_sidecar();
+        let sidecar = ep.accepts_mtls(p);
         let lb = field_len(endpoint)
             + 2
             + if sidecar { metadata.len() } else { 0 }
@@ -208,7 +209,7 @@ fn locality(label: &str) -> Locality {
 }
 
 fn lb_endpoint(ep: &Endpoint, port: u16) -> LbEndpoint {
-    let metadata = ep.has_sidecar().then(|| {
+    let metadata = ep.accepts_mtls(port).then(|| {
         let mut fields = std::collections::HashMap::new();
         fields.insert(
             "tlsMode".to_string(),
@@ -281,6 +282,7 @@ pub fn locality_lb_endpoints(
             weight: 0,
             locality: None,
             ready: true,
+            mtls_disabled_ports: Default::default(),
         };
         let p = port.target_port.unwrap_or(port.port);
         by_locality.insert("", vec![lb_endpoint(&synthetic, p)]);
@@ -326,6 +328,7 @@ mod tests {
             weight,
             locality: locality.map(str::to_string),
             ready,
+            mtls_disabled_ports: Default::default(),
         }
     }
 

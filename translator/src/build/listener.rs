@@ -40,10 +40,11 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::http_route::{destination_cluster, proto_duration, virtual_service_metadata};
 use super::route::inbound_route_config;
-use super::{Ctx, InboundTarget, ads_config_source, any, secs, socket_addr};
+use super::{Ctx, InboundTarget, ads_config_source, any, secs, socket_addr, tls};
 use crate::api::istio::RouteDestination;
 use crate::model::config::{VirtualServiceConfig, port_level_policy};
 use crate::model::host::MESH_GATEWAY;
+use crate::model::mtls::{EffectiveMtls, Mtls, workload_mtls};
 use crate::model::{InterceptionMode, OutboundTrafficPolicy, Protocol, Resolution, Service, ServiceOrigin, ServicePort};
 use crate::names;
 use crate::resources::{ResourceSet, TypeUrl};
@@ -74,7 +75,7 @@ pub fn build_listeners(ctx: &Ctx<'_>, set: &mut ResourceSet) -> BTreeSet<String>
     if ctx.proxy.interception != InterceptionMode::None {
         let vo = virtual_outbound_listener(ctx);
         set.add(TypeUrl::Listener, vo.name.clone(), &vo);
-        let vi = virtual_inbound_listener(ctx, &InboundTls::default());
+        let vi = virtual_inbound_listener(ctx, &InboundTls::for_proxy(ctx));
         set.add(TypeUrl::Listener, vi.name.clone(), &vi);
     }
     routes
@@ -844,18 +845,32 @@ fn virtual_outbound_listener(ctx: &Ctx<'_>) -> Listener {
     }
 }
 
-/// Server-side TLS of inbound chains.
+/// Server-side TLS of inbound chains: the workload's PeerAuthentication modes and the transport
+/// sockets that terminate Istio mTLS (certificate `default`, validation `ROOTCA`, client
+/// certificate required; see [`tls::inbound_mtls_socket`]).
 ///
-/// Seam for the mTLS slice: when it provides the Istio server TLS sockets (certificate `default`,
-/// validation `ROOTCA` over SDS) for the proxy's PeerAuthentication mode, the TLS-terminating chains
-/// of istiod's match tables are built. Until then they are left out, which leaves istiod's
-/// PERMISSIVE layout minus mTLS termination: plaintext is served, other TLS passes through.
+/// Without sockets (`None`) the TLS-terminating rows of a table are left out; STRICT ports then
+/// have no chain at all (connections are closed), PERMISSIVE ports serve plaintext only.
 #[derive(Debug, Clone, Default)]
 pub struct InboundTls {
     /// Transport socket for chains terminating mTLS HTTP.
     pub http: Option<TransportSocket>,
     /// Transport socket for chains terminating mTLS TCP.
     pub tcp: Option<TransportSocket>,
+    /// The workload's modes (PERMISSIVE without PeerAuthentications).
+    pub mtls: EffectiveMtls,
+}
+
+impl InboundTls {
+    /// The server TLS of the proxy's workload: its resolved PeerAuthentication and Istio's mTLS
+    /// sockets.
+    pub fn for_proxy(ctx: &Ctx<'_>) -> InboundTls {
+        InboundTls {
+            http: Some(tls::inbound_mtls_socket(tls::ServerKind::Http)),
+            tcp: Some(tls::inbound_mtls_socket(tls::ServerKind::Tcp)),
+            mtls: workload_mtls(ctx.world, &ctx.proxy.namespace, &ctx.proxy.labels),
+        }
+    }
 }
 
 /// One row of istiod's inbound filter-chain match tables.
@@ -868,8 +883,13 @@ struct MatchOption {
     tls: bool,
 }
 
-/// istiod's PERMISSIVE match options for a listener protocol (`getFilterChainMatchOptions`).
-fn permissive_options(lp: ListenerProtocol) -> &'static [MatchOption] {
+/// istiod's match options for a listener protocol and mTLS mode (`getFilterChainMatchOptions`).
+///
+/// PERMISSIVE: Istio ALPNs over TLS terminate mTLS, plaintext is served, other TLS passes through
+/// (TCP and sniffed ports). STRICT: only TLS, always terminated (mTLS HTTP ALPNs select the HCM
+/// on sniffed ports, anything else over TLS is TCP); plaintext matches no chain and is closed.
+/// DISABLE: plaintext only.
+fn match_options(lp: ListenerProtocol, mode: Mtls) -> &'static [MatchOption] {
     const HTTP: &[MatchOption] = &[
         MatchOption { alpn: &ALL_ISTIO_MTLS_ALPNS, transport: TLS, http: true, tls: true },
         MatchOption { alpn: &[], transport: RAW_BUFFER, http: true, tls: false },
@@ -886,10 +906,28 @@ fn permissive_options(lp: ListenerProtocol) -> &'static [MatchOption] {
         MatchOption { alpn: &[], transport: RAW_BUFFER, http: false, tls: false },
         MatchOption { alpn: &[], transport: TLS, http: false, tls: false },
     ];
-    match lp {
-        ListenerProtocol::Http => HTTP,
-        ListenerProtocol::Tcp => TCP,
-        ListenerProtocol::Auto => AUTO,
+    const HTTP_STRICT: &[MatchOption] = &[MatchOption { alpn: &[], transport: TLS, http: true, tls: true }];
+    const TCP_STRICT: &[MatchOption] = &[MatchOption { alpn: &[], transport: TLS, http: false, tls: true }];
+    const AUTO_STRICT: &[MatchOption] = &[
+        MatchOption { alpn: &MTLS_HTTP_ALPNS, transport: TLS, http: true, tls: true },
+        MatchOption { alpn: &[], transport: TLS, http: false, tls: true },
+    ];
+    const HTTP_PLAIN: &[MatchOption] = &[MatchOption { alpn: &[], transport: RAW_BUFFER, http: true, tls: false }];
+    const TCP_PLAIN: &[MatchOption] = &[MatchOption { alpn: &[], transport: RAW_BUFFER, http: false, tls: false }];
+    const AUTO_PLAIN: &[MatchOption] = &[
+        MatchOption { alpn: &PLAINTEXT_HTTP_ALPNS, transport: RAW_BUFFER, http: true, tls: false },
+        MatchOption { alpn: &[], transport: RAW_BUFFER, http: false, tls: false },
+    ];
+    match (lp, mode) {
+        (ListenerProtocol::Http, Mtls::Permissive) => HTTP,
+        (ListenerProtocol::Tcp, Mtls::Permissive) => TCP,
+        (ListenerProtocol::Auto, Mtls::Permissive) => AUTO,
+        (ListenerProtocol::Http, Mtls::Strict) => HTTP_STRICT,
+        (ListenerProtocol::Tcp, Mtls::Strict) => TCP_STRICT,
+        (ListenerProtocol::Auto, Mtls::Strict) => AUTO_STRICT,
+        (ListenerProtocol::Http, Mtls::Disable) => HTTP_PLAIN,
+        (ListenerProtocol::Tcp, Mtls::Disable) => TCP_PLAIN,
+        (ListenerProtocol::Auto, Mtls::Disable) => AUTO_PLAIN,
     }
 }
 
@@ -917,12 +955,12 @@ impl InboundChain<'_> {
         }
     }
 
-    fn filter_chains(&self, tls: &InboundTls) -> Vec<FilterChain> {
+    fn filter_chains(&self, tls: &InboundTls, mode: Mtls) -> Vec<FilterChain> {
         let (host, service_port) = match self.target {
             Some(t) => (t.service.hostname.as_str(), t.port.port),
             None => ("", 0),
         };
-        permissive_options(listener_protocol(self.protocol))
+        match_options(listener_protocol(self.protocol), mode)
             .iter()
             .filter_map(|o| {
                 let transport_socket = if o.tls {
@@ -978,7 +1016,22 @@ pub fn virtual_inbound_listener(ctx: &Ctx<'_>, tls: &InboundTls) -> Listener {
         cluster: names::INBOUND_PASSTHROUGH_CLUSTER.to_string(),
         protocol: Protocol::Unspecified,
     };
-    chains.extend(passthrough.filter_chains(tls));
+    chains.extend(passthrough.filter_chains(tls, tls.mtls.mode));
+    // Ports with their own mode that no service declares get passthrough chains of their own, as
+    // istiod's `ForPassthrough` does.
+    for (port, mode) in &tls.mtls.ports {
+        let Ok(port) = u16::try_from(*port) else { continue };
+        if port == 0 || targets.iter().any(|t| t.target_port == port) {
+            continue;
+        }
+        let chain = InboundChain {
+            target: None,
+            target_port: port,
+            cluster: names::INBOUND_PASSTHROUGH_CLUSTER.to_string(),
+            protocol: Protocol::Unspecified,
+        };
+        chains.extend(chain.filter_chains(tls, *mode));
+    }
     for t in &targets {
         let chain = InboundChain {
             target: Some(t),
@@ -986,7 +1039,7 @@ pub fn virtual_inbound_listener(ctx: &Ctx<'_>, tls: &InboundTls) -> Listener {
             cluster: names::inbound_cluster(t.target_port),
             protocol: t.port.protocol,
         };
-        chains.extend(chain.filter_chains(tls));
+        chains.extend(chain.filter_chains(tls, tls.mtls.port(t.target_port)));
     }
     let listener_filters = inbound_listener_filters(&chains);
     Listener {
@@ -1067,6 +1120,7 @@ mod tests {
 
     use super::*;
     use crate::build::tests::{mk_service, mk_world, sidecar};
+    use crate::model::World;
 
     fn listeners(services: Vec<Service>, interception: InterceptionMode) -> BTreeMap<String, Listener> {
         let world = mk_world(services);
@@ -1219,6 +1273,7 @@ mod tests {
         let tls = InboundTls {
             http: Some(TransportSocket::default()),
             tcp: Some(TransportSocket::default()),
+            mtls: EffectiveMtls::default(),
         };
         let world = mk_world(vec![]);
         let proxy = sidecar("default");
@@ -1228,5 +1283,74 @@ mod tests {
         // Passthrough: PERMISSIVE has 5 options, 2 of them terminate mTLS; plus the blackhole chain.
         assert_eq!(plain.filter_chains.len(), 1 + 3);
         assert_eq!(mtls.filter_chains.len(), 1 + 5);
+    }
+
+    fn own_service(protocol: Protocol) -> (World, ProxyProfile) {
+        let mut svc = mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("p", 80, protocol)]);
+        svc.selector = Some([("app".to_string(), "a".to_string())].into_iter().collect());
+        svc.ports[0].target_port = Some(8080);
+        let world = mk_world(vec![svc]);
+        let proxy = ProxyProfile {
+            labels: [("app".to_string(), "a".to_string())].into_iter().collect(),
+            ..sidecar("default")
+        };
+        (world, proxy)
+    }
+
+    /// `(transport, alpn, terminates mTLS)` of the chains for target port 8080.
+    fn port_chains(l: &Listener) -> Vec<(String, Vec<String>, bool)> {
+        l.filter_chains
+            .iter()
+            .filter_map(|c| {
+                let m = c.filter_chain_match.as_ref()?;
+                (m.destination_port.map(|p| p.value) == Some(8080))
+                    .then(|| (m.transport_protocol.clone(), m.application_protocols.clone(), c.transport_socket.is_some()))
+            })
+            .collect()
+    }
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[rstest]
+    #[case(Protocol::Http, Mtls::Strict, vec![(TLS, vec![], true)])]
+    #[case(Protocol::Tcp, Mtls::Strict, vec![(TLS, vec![], true)])]
+    #[case(Protocol::Unspecified, Mtls::Strict, vec![(TLS, MTLS_HTTP_ALPNS.to_vec(), true), (TLS, vec![], true)])]
+    #[case(Protocol::Http, Mtls::Disable, vec![(RAW_BUFFER, vec![], false)])]
+    #[case(Protocol::Tcp, Mtls::Disable, vec![(RAW_BUFFER, vec![], false)])]
+    #[case(Protocol::Unspecified, Mtls::Disable, vec![(RAW_BUFFER, PLAINTEXT_HTTP_ALPNS.to_vec(), false), (RAW_BUFFER, vec![], false)])]
+    #[case(Protocol::Http, Mtls::Permissive, vec![(TLS, ALL_ISTIO_MTLS_ALPNS.to_vec(), true), (RAW_BUFFER, vec![], false)])]
+    #[case(Protocol::Tcp, Mtls::Permissive,
+        vec![(TLS, ALL_ISTIO_MTLS_ALPNS.to_vec(), true), (RAW_BUFFER, vec![], false), (TLS, vec![], false)])]
+    fn inbound_chains_follow_the_port_mode(
+        #[case] protocol: Protocol,
+        #[case] mode: Mtls,
+        #[case] want: Vec<(&str, Vec<&str>, bool)>,
+    ) {
+        let (world, proxy) = own_service(protocol);
+        let ctx = Ctx::new(&world, &proxy);
+        let mut tls = InboundTls::for_proxy(&ctx);
+        tls.mtls.ports.insert(8080, mode);
+        let l = virtual_inbound_listener(&ctx, &tls);
+        let want: Vec<(String, Vec<String>, bool)> = want.into_iter().map(|(t, a, m)| (t.to_string(), s(&a), m)).collect();
+        assert_eq!(port_chains(&l), want);
+    }
+
+    #[test]
+    fn port_level_modes_without_a_service_get_passthrough_chains() {
+        let (world, proxy) = own_service(Protocol::Http);
+        let ctx = Ctx::new(&world, &proxy);
+        let mut tls = InboundTls::for_proxy(&ctx);
+        tls.mtls.ports.insert(9000, Mtls::Strict);
+        let l = virtual_inbound_listener(&ctx, &tls);
+        let chains: Vec<&FilterChain> = l
+            .filter_chains
+            .iter()
+            .filter(|c| c.filter_chain_match.as_ref().and_then(|m| m.destination_port).map(|p| p.value) == Some(9000))
+            .collect();
+        assert_eq!(chains.len(), 2);
+        assert!(chains.iter().all(|c| c.transport_socket.is_some()));
+        assert!(chains.iter().all(|c| c.name == names::VIRTUAL_INBOUND_LISTENER || c.name == names::VIRTUAL_INBOUND_CATCHALL_HTTP_CHAIN));
     }
 }

@@ -8,8 +8,9 @@
 //! endpoints, per-port listeners (with VirtualService tcp/tls routes, [`listener`]) and route
 //! configurations (with VirtualService http routes, [`route`], [`http_route`]), scoped by the
 //! Sidecar resource ([`scope`]). Gateways (node type `router`): listeners and routes from the
-//! Gateways that select them ([`gateway`]). mTLS patches in at marked seams: [`tls::apply_upstream_tls`]
-//! (client TLS of clusters) and [`listener::InboundTls`] (server TLS of inbound chains).
+//! Gateways that select them ([`gateway`]). mTLS: [`tls::apply_upstream_tls`] (client TLS of
+//! clusters, auto-mTLS), [`listener::InboundTls`] (server TLS of inbound chains per
+//! PeerAuthentication mode, resolved in [`crate::model::mtls`]).
 
 pub mod bootstrap;
 pub mod cluster;
@@ -67,6 +68,8 @@ pub struct Ctx<'a> {
     by_host: HashMap<&'a str, usize, Xxh3DefaultBuilder>,
     /// DestinationRule of each service in `services` (same positions).
     rules: Vec<Option<scope::ResolvedRule<'a>>>,
+    /// Encoded upstream TLS shared by the clusters of one service.
+    pub(crate) tls_cache: tls::TlsCache,
 }
 
 impl<'a> Ctx<'a> {
@@ -131,6 +134,7 @@ impl<'a> Ctx<'a> {
             vs_visible,
             by_host,
             rules,
+            tls_cache: tls::TlsCache::default(),
         }
     }
 
@@ -533,6 +537,7 @@ pub(crate) mod tests {
             weight: 0,
             locality: None,
             ready: true,
+            mtls_disabled_ports: Default::default(),
         });
         let ext = mk_service("api.example.com", &[], Resolution::Dns, &[("https", 443, Protocol::Tls)]);
         let world = mk_world(vec![svc, ext]);

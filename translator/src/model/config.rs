@@ -168,6 +168,8 @@ pub struct ConfigIndex {
     pub sidecars_by_namespace: HashMap<String, Vec<usize>>,
     /// WorkloadEntries by namespace.
     pub workload_entries_by_namespace: HashMap<String, Vec<usize>>,
+    /// PeerAuthentications by namespace, oldest first.
+    pub peer_authentications_by_namespace: HashMap<String, Vec<usize>>,
 }
 
 /// The DestinationRules of one namespace.
@@ -192,7 +194,7 @@ pub struct Config {
     pub sidecars: Vec<Arc<SidecarConfig>>,
     /// WorkloadEntries.
     pub workload_entries: Vec<Arc<WorkloadEntryConfig>>,
-    /// PeerAuthentications (read by the identity work).
+    /// PeerAuthentications, oldest first (resolved per workload by [`super::mtls`]).
     pub peer_authentications: Vec<Arc<PeerAuthentication>>,
     /// Lookup indexes.
     pub index: ConfigIndex,
@@ -237,6 +239,16 @@ impl Config {
             .into_iter()
             .flatten()
             .map(|i| &self.workload_entries[*i])
+    }
+
+    /// PeerAuthentications of `namespace`, oldest first.
+    pub fn peer_authentications_in(&self, namespace: &str) -> impl Iterator<Item = &Arc<PeerAuthentication>> {
+        self.index
+            .peer_authentications_by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .map(|i| &self.peer_authentications[*i])
     }
 
     /// Fills [`Config::index`] from the lists.
@@ -287,6 +299,11 @@ impl Config {
                 .entry(w.meta.namespace.clone())
                 .or_default()
                 .push(i);
+        }
+        for (i, p) in self.peer_authentications.iter().enumerate() {
+            // Objects without a namespace live in `default`, as everywhere in the world builder.
+            let ns = p.metadata.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
+            index.peer_authentications_by_namespace.entry(ns).or_default().push(i);
         }
         self.index = index;
     }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod host;
+pub mod mtls;
 mod proxy;
 pub mod world;
 
@@ -293,12 +294,21 @@ pub struct Endpoint {
     pub locality: Option<String>,
     /// Whether the endpoint is ready to serve.
     pub ready: bool,
+    /// Ports on which the workload's own PeerAuthentication is DISABLE (filled by the world
+    /// builder, see [`mtls::mark_disabled_endpoints`]).
+    pub mtls_disabled_ports: BTreeSet<u16>,
 }
 
 impl Endpoint {
     /// Whether the workload has an Istio sidecar (label `security.istio.io/tlsMode=istio`).
     pub fn has_sidecar(&self) -> bool {
         self.labels.get("security.istio.io/tlsMode").map(String::as_str) == Some("istio")
+    }
+
+    /// Whether auto-mTLS clients may use Istio mTLS to this endpoint on `port`: it has a sidecar
+    /// and its PeerAuthentication does not disable mTLS there.
+    pub fn accepts_mtls(&self, port: u16) -> bool {
+        self.has_sidecar() && !self.mtls_disabled_ports.contains(&port)
     }
 }
 

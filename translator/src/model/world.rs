@@ -249,6 +249,9 @@ impl<'m> Builder<'m> {
             }
         }
 
+        for s in by_host.values_mut() {
+            super::mtls::mark_disabled_endpoints(s, &config, &self.mesh.root_namespace);
+        }
         let world = World {
             mesh: self.mesh.clone(),
             services: by_host.into_values().map(Arc::new).collect(),
@@ -657,6 +660,7 @@ fn endpoint_from_entry(e: &WorkloadEntrySpec, namespace: &str) -> Endpoint {
         weight: e.weight,
         locality: Some(e.locality.clone()).filter(|l| !l.is_empty()),
         ready: true,
+        mtls_disabled_ports: Default::default(),
     }
 }
 
@@ -686,6 +690,7 @@ fn endpoint_for_pod(address: String, pod: Option<&PodInfo>, namespace: &str) -> 
         weight: 0,
         locality: pod.and_then(|p| p.locality.clone()),
         ready: true,
+        mtls_disabled_ports: Default::default(),
     }
 }
 
