@@ -473,7 +473,10 @@ impl OutboundBuilder<'_, '_> {
             // A sidecar-defined port may differ from the service's; a one-port service is meant.
             let p = if svc.ports.len() == 1 { svc.ports[0].port } else { port.port };
             let cluster = names::outbound_cluster(p, "", &svc.hostname);
-            vec![single_destination_filter(ctx, &cluster, &svc.hostname, p)]
+            let target = svc.ports.iter().find(|sp| sp.port == p).unwrap_or(port);
+            let mut filters: Vec<Filter> = super::tls::sniffed_tcp_alpn_override(ctx, svc, target).into_iter().collect();
+            filters.push(single_destination_filter(ctx, &cluster, &svc.hostname, p));
+            filters
         };
         if matches!(port.protocol, Protocol::Tls | Protocol::Https) {
             let mut handled = BTreeSet::new();

@@ -21,17 +21,22 @@
 //! which stock Envoy lacks. The inbound chains (istiod's tables, kept as they are) select on the
 //! ALPN the client offers, so the ISTIO_MUTUAL client ALPN is fixed per cluster instead:
 //!
-//! | client cluster | offers | PERMISSIVE server chain | STRICT server chain |
-//! |---|---|---|---|
-//! | HTTP/2 (`http2`, `grpc`, h2 upgrade) | `istio-h2` | HTTP, TCP: Istio-ALPN chain; sniffed: mTLS HTTP chain | TLS chain (sniffed: mTLS HTTP chain) |
-//! | other declared HTTP | `istio-http/1.1` | same | same |
-//! | TCP and sniffed ports | `istio-peer-exchange`, `istio` | HTTP, TCP: Istio-ALPN chain; sniffed: mTLS TCP chain | TLS chain (sniffed: TLS TCP chain) |
+//! | client cluster | offers | server chain |
+//! |---|---|---|
+//! | HTTP/2 (`http2`, `grpc`, h2 upgrade) | `istio-h2` | mTLS HTTP chain (declared HTTP: the Istio-ALPN chain) |
+//! | other declared HTTP, and sniffed ports | `istio-http/1.1` | mTLS HTTP chain |
+//! | declared TCP | `istio-peer-exchange`, `istio` | mTLS TCP chain |
 //!
-//! A sniffed client port carries HTTP and TCP over one cluster, so it offers the TCP ALPNs and the
-//! server proxies the connection as TCP (no HTTP filters, no `x-forwarded-client-cert`, on those
-//! ports). Servers answer with `h2`/`http/1.1` (TCP chains also `istio-peer-exchange`); when the
-//! lists do not overlap Envoy completes the handshake without ALPN (`SSL_TLSEXT_ERR_NOACK`), and
-//! the HTTP codecs do not depend on it (clusters fix the upstream protocol; inbound HCMs detect it).
+//! A sniffed client port carries HTTP and TCP over one cluster. Its cluster offers the HTTP ALPN,
+//! so HTTP reaches the server's HTTP filters and the caller appears in `x-forwarded-client-cert`
+//! (as with istiod, whose `istio.alpn` filter rewrites the ALPN per request). The outbound TCP
+//! chains of a sniffed port put the TCP ALPNs into the connection's filter state
+//! (`envoy.network.application_protocols`, Envoy's set_filter_state network filter), which
+//! tcp_proxy hands to the upstream TLS socket, so non-HTTP bytes land on the server's TCP chain
+//! ([`sniffed_tcp_alpn_override`]). Servers answer with `h2`/`http/1.1` (TCP chains also
+//! `istio-peer-exchange`); when the lists do not overlap Envoy completes the handshake without ALPN
+//! (`SSL_TLSEXT_ERR_NOACK`), and the HTTP codecs do not depend on it (clusters fix the upstream
+//! protocol; inbound HCMs detect it).
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -61,7 +66,11 @@ use super::cluster::ClusterOut;
 use super::{Ctx, any};
 use crate::api::istio::{ClientTlsMode, ClientTlsSettings, ServerTlsMode, ServerTlsSettings, TlsProtocol};
 use crate::model::mtls::{Mtls, namespace_mtls};
-use crate::model::{Location, Service, ServiceOrigin, ServicePort};
+use crate::model::{Location, Protocol, Service, ServiceOrigin, ServicePort};
+use envoy_types::pb::envoy::config::core::v3::{DataSource, SubstitutionFormatString, data_source, substitution_format_string};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
+use envoy_types::pb::envoy::extensions::filters::common::set_filter_state::v3::{FilterStateValue, filter_state_value};
+use envoy_types::pb::envoy::extensions::filters::network::set_filter_state::v3::Config as SetFilterStateConfig;
 
 /// The workload certificate and key, served by the node agent.
 pub const SDS_DEFAULT: &str = "default";
@@ -195,16 +204,69 @@ fn is_http2(cluster: &ClusterOut) -> bool {
 /// The ALPN list an ISTIO_MUTUAL client offers, chosen so that the server's inbound chains (which
 /// match on it) select the right filters; see the crate's ARCHITECTURE notes. Stock Envoy has no
 /// `istio.alpn` filter to rewrite ALPN per request, so the cluster's protocol decides:
-/// HTTP/2 -> `istio-h2`, other declared HTTP -> `istio-http/1.1`, TCP and sniffed ports (whose
-/// cluster carries both HTTP and TCP) -> `istio-peer-exchange`, `istio`.
+/// HTTP/2 -> `istio-h2`, other declared HTTP and sniffed ports -> `istio-http/1.1`, TCP ->
+/// `istio-peer-exchange`, `istio`.
 fn istio_client_alpn(cluster: &ClusterOut, port: &ServicePort) -> &'static [&'static str] {
     if is_http2(cluster) {
         &[ALPN_ISTIO_H2]
-    } else if port.protocol.is_http() {
+    } else if port.protocol.is_http() || port.protocol == Protocol::Unspecified {
+        // Sniffed ports: the HTTP side keeps this; the outbound TCP chains of the port override it
+        // with the TCP ALPNs ([`sniffed_tcp_alpn_override`]).
         &[ALPN_ISTIO_HTTP11]
     } else {
         &ALPN_ISTIO_TCP
     }
+}
+
+/// Network filter name of Envoy's set_filter_state.
+const SET_FILTER_STATE: &str = "envoy.filters.network.set_filter_state";
+/// Envoy's well-known filter state key overriding the upstream ALPN of the connection.
+const APPLICATION_PROTOCOLS_KEY: &str = "envoy.network.application_protocols";
+
+/// For a sniffed (protocol-less) service port, whose ISTIO_MUTUAL clusters offer
+/// `istio-http/1.1` so that the server's sniffed chains process HTTP as HTTP (caller identity in
+/// `x-forwarded-client-cert`, as istiod's `istio.alpn` achieves): the network filter that makes
+/// the outbound TCP chains offer `istio-peer-exchange`,`istio` instead, so non-HTTP bytes land on
+/// the server's TCP chain. Envoy's tcp_proxy takes the ALPN override from the connection's
+/// filter state. `None` when the port is not sniffed or a DestinationRule originates
+/// SIMPLE/MUTUAL TLS to the service (an override would replace that cluster's own ALPN).
+pub(crate) fn sniffed_tcp_alpn_override(ctx: &Ctx<'_>, service: &Service, port: &ServicePort) -> Option<Filter> {
+    if port.protocol != Protocol::Unspecified {
+        return None;
+    }
+    let mut istio_mutual = false;
+    if let Some(rule) = ctx.destination_rule(&service.hostname) {
+        let spec = &rule.spec;
+        let policies = spec.traffic_policy.iter().chain(spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+        for policy in policies {
+            let settings = policy.tls.iter().chain(policy.port_level_settings.iter().filter_map(|p| p.tls.as_ref()));
+            for tls in settings {
+                match tls.mode.unwrap_or(ClientTlsMode::Disable) {
+                    ClientTlsMode::Simple | ClientTlsMode::Mutual => return None,
+                    ClientTlsMode::IstioMutual => istio_mutual = true,
+                    ClientTlsMode::Disable => {}
+                }
+            }
+        }
+    }
+    if !istio_mutual && !auto_mtls_applies(ctx, service) {
+        return None;
+    }
+    let config = SetFilterStateConfig {
+        on_new_connection: vec![FilterStateValue {
+            key: Some(filter_state_value::Key::ObjectKey(APPLICATION_PROTOCOLS_KEY.to_string())),
+            value: Some(filter_state_value::Value::FormatString(SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::TextFormatSource(DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(ALPN_ISTIO_TCP.join(","))),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Some(Filter { name: SET_FILTER_STATE.to_string(), config_type: Some(filter::ConfigType::TypedConfig(any(&config))) })
 }
 
 /// TLS 1.2 to 1.3, as istiod's `defaultUpstreamCommonTLSContext`.
@@ -723,7 +785,7 @@ mod tests {
     #[case(Protocol::Http, &["istio-http/1.1"])]
     #[case(Protocol::Grpc, &["istio-h2"])]
     #[case(Protocol::Tcp, &["istio-peer-exchange", "istio"])]
-    #[case(Protocol::Unspecified, &["istio-peer-exchange", "istio"])]
+    #[case(Protocol::Unspecified, &["istio-http/1.1"])]
     fn auto_mtls_offers_the_alpn_the_server_chains_expect(#[case] protocol: Protocol, #[case] alpn: &[&str]) {
         let mut svc = mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("p", 80, protocol)]);
         svc.service_accounts.insert("spiffe://cluster.local/ns/default/sa/a".into());
@@ -777,5 +839,32 @@ mod tests {
     fn passthrough_has_no_context() {
         let tls: ServerTlsSettings = serde_json::from_value(json!({"mode": "PASSTHROUGH"})).unwrap();
         assert!(gateway_tls_context(&tls, ServerKind::Tcp).is_none());
+    }
+
+    /// The first network filter of every chain of the service's outbound listener, by chain kind.
+    fn first_filters(world: &crate::model::World, listener: &str) -> Vec<(bool, String)> {
+        use envoy_types::pb::envoy::config::listener::v3::Listener;
+        let set = build(world, &sidecar("default"));
+        let r = set.get(TypeUrl::Listener, listener).unwrap();
+        let any = envoy_types::pb::google::protobuf::Any::decode(r.any.clone()).unwrap();
+        let l = Listener::decode(any.value.as_slice()).unwrap();
+        l.filter_chains
+            .iter()
+            .chain(l.default_filter_chain.iter())
+            .map(|c| (c.filters.len() == 1, c.filters[0].name.clone()))
+            .collect()
+    }
+
+    #[rstest]
+    #[case::sniffed(Protocol::Unspecified, true)]
+    #[case::declared_tcp(Protocol::Tcp, false)]
+    fn sniffed_ports_switch_tcp_chains_to_the_tcp_alpns(#[case] protocol: Protocol, #[case] overridden: bool) {
+        let mut svc = mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("p", 8080, protocol)]);
+        svc.service_accounts.insert("spiffe://cluster.local/ns/default/sa/a".into());
+        let filters = first_filters(&mk_world(vec![svc]), "10.0.0.1_8080");
+        let tcp: Vec<&String> = filters.iter().filter(|(_, name)| name != "envoy.filters.network.http_connection_manager").map(|(_, n)| n).collect();
+        assert!(!tcp.is_empty(), "{filters:?}");
+        let expected = if overridden { SET_FILTER_STATE } else { "envoy.filters.network.tcp_proxy" };
+        assert!(tcp.iter().all(|n| *n == expected), "{filters:?}");
     }
 }
