@@ -176,15 +176,20 @@ async fn snapshot_change_pushes_only_changed_types_in_order() {
     srv.source.set(config(&["a", "b"], 9090, &["l1"], &["r1", "r2-changed"]));
     c.expect_silence().await;
 
-    // Clusters and listeners change together: CDS first, then LDS.
+    // Clusters and listeners change together: CDS first, then the (unchanged) endpoints of the
+    // requested clusters, because Envoy warms changed clusters until endpoints arrive, then LDS.
     srv.source.set(config(&["a", "b", "c"], 9090, &["l1", "l2"], &["r1", "r2-changed"]));
     let first = c.recv().await;
+    let endpoints = c.recv().await;
     let second = c.recv().await;
     assert_eq!(first.type_url, TypeUrl::Cluster.as_str());
     assert_eq!(sotw_names(&first), ["a", "b", "c"], "LDS/CDS carry the whole set");
+    assert_eq!(endpoints.type_url, TypeUrl::Endpoint.as_str());
+    assert_eq!(sotw_names(&endpoints), ["a", "b"]);
     assert_eq!(second.type_url, TypeUrl::Listener.as_str());
     assert_eq!(sotw_names(&second), ["l1", "l2"]);
     c.ack(&first, &[]);
+    c.ack(&endpoints, &["a", "b"]);
     c.ack(&second, &[]);
     c.expect_silence().await;
 

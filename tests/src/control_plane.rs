@@ -162,6 +162,12 @@ impl ControlPlane {
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log, lines)
     }
+
+    /// Its CA state directory (`--ca-dir`): `root-cert.pem`, and the key `sailplane token create
+    /// --ca-dir` signs tokens with.
+    pub fn ca_dir(&self) -> PathBuf {
+        self._scratch.path().join("ca")
+    }
 }
 
 impl Drop for ControlPlane {

@@ -27,6 +27,7 @@ pub mod http;
 pub mod paths;
 pub mod ports;
 pub mod traffic;
+pub mod tls_echo;
 pub mod wait;
 
 pub use config_dir::ConfigDir;

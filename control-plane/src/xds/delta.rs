@@ -210,8 +210,18 @@ impl DeltaStream<'_> {
     async fn respond(&mut self, snap: &Snapshot, changed: bool, out: &Out) -> Result<(), Status> {
         let shared = self.shared;
         let cp = shared.cache.control_plane_delta();
+        // Clusters just sent: Envoy warms each until endpoints arrive for it, so their endpoints
+        // are sent again even when unchanged (as istiod's pushes do).
+        let mut clusters_sent: Vec<String> = Vec::new();
         for t in TypeUrl::ALL {
             let ts = &mut self.types[t.index()];
+            if t == TypeUrl::Endpoint && ts.subscribed {
+                for name in clusters_sent.drain(..) {
+                    if ts.wants(&name) {
+                        ts.diff.insert(name, None);
+                    }
+                }
+            }
             if !ts.subscribed || !(ts.pending || changed) {
                 continue;
             }
@@ -248,6 +258,9 @@ impl DeltaStream<'_> {
             ts.push_changed_at = (!ts.pending).then_some(snap.changed_at);
             ts.last_nonce = Some(nonce);
             ts.pending = false;
+            if t == TypeUrl::Cluster {
+                clusters_sent = updated.iter().map(|r| r.name.clone()).collect();
+            }
         }
         for type_url in self.unknown_pending.drain(..) {
             let nonce = shared.next_nonce();

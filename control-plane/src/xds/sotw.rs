@@ -8,7 +8,8 @@
 //! - a NACK (`error_detail`) is recorded and answered with nothing: the proxy keeps its last good
 //!   config until the snapshot changes;
 //! - on a snapshot change a type is sent only if what this proxy would receive changed (names and
-//!   versions of the selected resources), in the order CDS, EDS, LDS, RDS, SDS.
+//!   versions of the selected resources), in the order CDS, EDS, LDS, RDS, SDS;
+//! - every CDS response is followed by EDS: a changed cluster warms until endpoints arrive for it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -171,8 +172,15 @@ impl SotwStream<'_> {
     /// changed for this proxy.
     async fn respond(&mut self, snap: &Snapshot, changed: bool, out: &Out) -> Result<(), Status> {
         let shared = self.shared;
+        let mut clusters_sent = false;
         for t in TypeUrl::ALL {
             let ts = &mut self.types[t.index()];
+            // Envoy warms a changed EDS cluster until endpoints arrive for it, and asks for them
+            // with the names and nonce it already acknowledged: after CDS, EDS always follows
+            // (as istiod's pushes do), even when the endpoints are unchanged.
+            if t == TypeUrl::Endpoint && clusters_sent {
+                ts.pending = true;
+            }
             if !ts.subscribed || !(ts.pending || changed) {
                 continue;
             }
@@ -208,6 +216,7 @@ impl SotwStream<'_> {
             ts.last_nonce = Some(nonce);
             ts.sent_fingerprint = Some(body.fingerprint);
             ts.pending = false;
+            clusters_sent |= t == TypeUrl::Cluster;
         }
         for (type_url, u) in &mut self.unknown {
             if !u.pending {
