@@ -33,6 +33,10 @@ pub enum NodeError {
     BadId(String),
 }
 
+/// Node metadata of proxies without a workload certificate (`sailplane bootstrap` sets it: no node
+/// agent serves that Envoy SDS), see [`ProxyProfile::no_workload_cert`].
+pub const NO_WORKLOAD_CERT_KEY: &str = "SAILPLANE_NO_WORKLOAD_CERT";
+
 impl ProxyInfo {
     /// Reads a proxy from its node. The id must be in Istio's form
     /// `<type>~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`; metadata keys follow Istio's agent
@@ -66,6 +70,7 @@ impl ProxyInfo {
         };
         let labels = meta_labels(meta, "LABELS");
         let service_account = meta_str(meta, "SERVICE_ACCOUNT").unwrap_or_else(|| "default".to_string());
+        let no_workload_cert = meta_str(meta, NO_WORKLOAD_CERT_KEY).is_some_and(|v| v.eq_ignore_ascii_case("true"));
         Ok(ProxyInfo {
             id: node.id.clone(),
             cluster: node.cluster.clone(),
@@ -77,6 +82,7 @@ impl ProxyInfo {
                 labels,
                 service_account,
                 interception,
+                no_workload_cert,
             },
         })
     }
@@ -138,6 +144,7 @@ mod tests {
         assert_eq!(p.ips, vec!["10.1.0.7".to_string()]);
         assert_eq!(p.profile.node_type, NodeType::Sidecar);
         assert_eq!(p.profile.interception, InterceptionMode::Redirect);
+        assert!(!p.profile.no_workload_cert, "Istio's agents serve certificates");
     }
 
     #[test]
@@ -147,7 +154,11 @@ mod tests {
         let node = Node {
             id: "router~10.1.0.9~gw-1.istio-system~istio-system.svc.cluster.local".into(),
             metadata: Some(node_metadata(
-                &[("INTERCEPTION_MODE", "NONE".into()), ("SERVICE_ACCOUNT", "gw-sa".into())],
+                &[
+                    ("INTERCEPTION_MODE", "NONE".into()),
+                    ("SERVICE_ACCOUNT", "gw-sa".into()),
+                    (NO_WORKLOAD_CERT_KEY, "true".into()),
+                ],
                 &labels,
             )),
             ..Default::default()
@@ -157,6 +168,7 @@ mod tests {
         assert_eq!(p.profile.interception, InterceptionMode::None);
         assert_eq!(p.profile.labels.get("app").map(String::as_str), Some("gw"));
         assert_eq!(p.profile.service_account, "gw-sa");
+        assert!(p.profile.no_workload_cert);
     }
 
     #[test]

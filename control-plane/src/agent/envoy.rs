@@ -141,6 +141,10 @@ pub fn absolute(path: &Path) -> PathBuf {
 pub fn render(options: &AgentBootstrap) -> Result<String, EnvoyError> {
     let base = bootstrap::render(&options.base).map_err(|e| EnvoyError::Bootstrap(format!("{e:#}")))?;
     let mut doc = yaml(&base)?;
+    // This Envoy gets its workload certificate from the agent.
+    if let Some(meta) = doc.get_mut("node").and_then(|n| n.get_mut("metadata")).and_then(Value::as_mapping_mut) {
+        meta.remove(crate::proxy::NO_WORKLOAD_CERT_KEY);
+    }
     let clusters = doc
         .get_mut("static_resources")
         .and_then(|s| s.get_mut("clusters"))
@@ -317,6 +321,7 @@ mod tests {
             Value::from("ROOTCA")
         );
         assert_eq!(doc["node"]["metadata"]["NAMESPACE"], Value::from("ns"));
+        assert!(doc["node"]["metadata"].get(crate::proxy::NO_WORKLOAD_CERT_KEY).is_none(), "the agent serves certificates");
 
         let plain = AgentBootstrap { xds_tls: None, ..opts };
         let doc: Value = serde_yaml_ng::from_str(&render(&plain).unwrap()).unwrap();

@@ -221,6 +221,9 @@ node:
     INTERCEPTION_MODE: {mode}
     CLUSTER_ID: "Kubernetes"
     ISTIO_VERSION: "sailplane"
+    # No node agent serves this Envoy a workload certificate: plaintext only (`sailplane agent`
+    # writes a bootstrap without this line, with its SDS socket, for mTLS).
+    {no_cert_key}: "true"
     LABELS:{labels}
 admin:
   address:
@@ -265,6 +268,7 @@ static_resources:
         ip = q(&ip),
         mode = q(args.interception_mode.as_str()),
         labels = labels_yaml,
+        no_cert_key = crate::proxy::NO_WORKLOAD_CERT_KEY,
         admin_port = args.admin_port,
         api_type = args.xds_api.api_type(),
         xds_host = q(&xds_host),
@@ -345,6 +349,7 @@ mod tests {
         assert_eq!(s(&doc, "node.metadata.CLUSTER_ID"), "Kubernetes");
         assert_eq!(s(&doc, "node.metadata.NAME"), "reviews-v1-abc");
         assert_eq!(s(&doc, "node.metadata.ISTIO_VERSION"), "sailplane");
+        assert_eq!(s(&doc, "node.metadata.SAILPLANE_NO_WORKLOAD_CERT"), "true", "no agent: no certificate");
         assert_eq!(s(&doc, "node.metadata.LABELS.app"), "reviews");
         assert_eq!(s(&doc, "node.metadata.LABELS.version"), "v1");
         assert_eq!(s(&doc, "dynamic_resources.ads_config.api_type"), "GRPC");

@@ -868,9 +868,11 @@ impl InboundTls {
     /// The server TLS of the proxy's workload: its resolved PeerAuthentication and Istio's mTLS
     /// sockets.
     pub fn for_proxy(ctx: &Ctx<'_>) -> InboundTls {
+        // A proxy without a workload certificate has nothing to terminate mTLS with.
+        let certs = !ctx.proxy.no_workload_cert;
         InboundTls {
-            http: Some(tls::inbound_mtls_socket(tls::ServerKind::Http)),
-            tcp: Some(tls::inbound_mtls_socket(tls::ServerKind::Tcp)),
+            http: certs.then(|| tls::inbound_mtls_socket(tls::ServerKind::Http)),
+            tcp: certs.then(|| tls::inbound_mtls_socket(tls::ServerKind::Tcp)),
             mtls: workload_mtls(ctx.world, &ctx.proxy.namespace, &ctx.proxy.labels),
         }
     }

@@ -178,9 +178,10 @@ const ISTIO_CIPHER_SUITES: [&str; 6] = [
 
 /// Whether a cluster of `service` without DestinationRule TLS gets auto-mTLS: on in MeshConfig,
 /// not MESH_EXTERNAL, and the service's namespace not DISABLE (istiod's
-/// `conditionallyConvertToIstioMtls`).
+/// `conditionallyConvertToIstioMtls`), for a proxy that has a workload certificate.
 fn auto_mtls_applies(ctx: &Ctx<'_>, service: &Service) -> bool {
-    ctx.mesh.enable_auto_mtls
+    !ctx.proxy.no_workload_cert
+        && ctx.mesh.enable_auto_mtls
         && service.location == Location::MeshInternal
         && namespace_mtls(ctx.world, &service.namespace) != Mtls::Disable
 }
@@ -866,5 +867,27 @@ mod tests {
         assert!(!tcp.is_empty(), "{filters:?}");
         let expected = if overridden { SET_FILTER_STATE } else { "envoy.filters.network.tcp_proxy" };
         assert!(tcp.iter().all(|n| *n == expected), "{filters:?}");
+    }
+
+    #[test]
+    fn a_proxy_without_a_workload_certificate_stays_plaintext() {
+        let mut svc = mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("http", 80, Protocol::Http)]);
+        svc.service_accounts.insert("spiffe://cluster.local/ns/default/sa/a".into());
+        let world = mk_world(vec![svc]);
+        let mut proxy = sidecar("default");
+        proxy.no_workload_cert = true;
+        let set = build(&world, &proxy);
+        let r = set.get(TypeUrl::Cluster, "outbound|80||a.default.svc.cluster.local").unwrap();
+        let any = envoy_types::pb::google::protobuf::Any::decode(r.any.clone()).unwrap();
+        let c = Cluster::decode(any.value.as_slice()).unwrap();
+        assert!(c.transport_socket_matches.is_empty() && c.transport_socket.is_none(), "no auto-mTLS without a certificate");
+        let r = set.get(TypeUrl::Listener, "virtualInbound").unwrap();
+        let any = envoy_types::pb::google::protobuf::Any::decode(r.any.clone()).unwrap();
+        let l = envoy_types::pb::envoy::config::listener::v3::Listener::decode(any.value.as_slice()).unwrap();
+        assert!(l.filter_chains.iter().all(|c| c.transport_socket.is_none()), "no mTLS termination without a certificate");
+        // The same proxy with a certificate gets both.
+        proxy.no_workload_cert = false;
+        let c = cluster(&world, "outbound|80||a.default.svc.cluster.local");
+        assert_eq!(c.transport_socket_matches.len(), 2);
     }
 }

@@ -38,4 +38,11 @@ pub struct ProxyProfile {
     pub service_account: String,
     /// Traffic interception mode.
     pub interception: InterceptionMode,
+    /// The proxy has no workload certificate (no node agent serves it SDS), so it neither
+    /// originates nor terminates Istio mTLS: auto-mTLS and the inbound mTLS chains are left out
+    /// instead of referencing secrets that never come (Envoy would hold each such cluster and
+    /// listener back for its 15 s initial fetch timeout). Sailplane-specific node metadata
+    /// `SAILPLANE_NO_WORKLOAD_CERT`, set by `sailplane bootstrap`; proxies of Istio's and
+    /// Sailplane's agents have certificates.
+    pub no_workload_cert: bool,
 }
