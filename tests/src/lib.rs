@@ -11,6 +11,8 @@
 //! - [`EchoServer`]: an HTTP backend answering with its own name, so a test can tell who answered.
 //! - [`ConfigDir`]: the directory the control plane watches, with atomic writes and removals.
 //! - [`fixtures`]: Kubernetes and Istio objects as YAML.
+//! - [`lab`]: pods in network namespaces with Istio-style sidecars and iptables interception, on a
+//!   bridge, with service VIPs (the mesh lab; needs root).
 //! - [`traffic`]: backends as Services, requests with headers and full replies, waiting for a
 //!   virtual host in Envoy's config (the traffic-management cases).
 //!
@@ -24,6 +26,7 @@ pub mod echo;
 pub mod envoy;
 pub mod fixtures;
 pub mod http;
+pub mod lab;
 pub mod paths;
 pub mod ports;
 pub mod traffic;
