@@ -111,6 +111,8 @@ fn load_case(path: &Path) -> Result<Case, String> {
             "NONE" => InterceptionMode::None,
             other => return Err(format!("{name}.yaml: unknown interceptionMode {other:?}")),
         },
+        // Golden proxies have workload certificates, as proxies of a node agent do.
+        no_workload_cert: false,
     };
     let (world, world_diags) = build_world(&objects, &mesh);
     diagnostics.extend(world_diags);

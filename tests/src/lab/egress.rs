@@ -44,12 +44,17 @@ impl Lab {
             &["token", "create", "--namespace", ns, "--service-account", sa, "--ca-dir", &ca_dir, "--output", &out],
         )?;
         let token = std::fs::read_to_string(&token_file)?.trim().to_string();
-        let identity =
-            sailplane::ca::Identity { trust_domain: "cluster.local".into(), namespace: ns.into(), service_account: sa.into() };
+        let identity = sailplane::ca::Identity {
+            trust_domain: "cluster.local".into(),
+            namespace: ns.into(),
+            service_account: sa.into(),
+        };
         let keys = keys::generate(KeyType::Ec, &identity)?;
         let addr = format!("{}:15012", self.subnet.gateway());
-        let client = CaClient::new(&addr, &self.mesh_root_pem()?, Some("istiod.istio-system.svc"))?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // The gRPC channel is built (lazily) on the runtime.
+        let _in_runtime = runtime.enter();
+        let client = CaClient::new(&addr, &self.mesh_root_pem()?, Some("istiod.istio-system.svc"))?;
         let chain = runtime
             .block_on(client.sign(keys.csr_pem, Duration::from_secs(3600), &token))
             .context("CA CreateCertificate")?;
@@ -60,7 +65,13 @@ impl Lab {
     /// Restarts pod `key`'s app with, besides its plain ports, HTTPS on `port` serving `cert` and,
     /// when `client_ca_pem` is set, requiring client certificates that chain to it. Returns once
     /// the port accepts connections.
-    pub fn serve_tls(&mut self, key: &str, port: u16, cert: &CertKey, client_ca_pem: Option<&str>) -> anyhow::Result<()> {
+    pub fn serve_tls(
+        &mut self,
+        key: &str,
+        port: u16,
+        cert: &CertKey,
+        client_ca_pem: Option<&str>,
+    ) -> anyhow::Result<()> {
         let i = self.pod_index(key)?;
         if let Some(mut old) = self.pods[i].echo.take() {
             let _ = old.kill();

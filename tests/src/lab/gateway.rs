@@ -208,3 +208,36 @@ impl Lab {
         Ok(r.body)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::LabSpec;
+
+    #[test]
+    fn gateway_injection_template_makes_a_gateway_pod() {
+        let text = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  template:
+    metadata:
+      annotations: {inject.istio.io/templates: gateway, sidecar.istio.io/inject: "true"}
+      labels: {istio: ingressgateway}
+    spec: {containers: [{name: istio-proxy, image: auto, ports: [{containerPort: 8443}]}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app, namespace: istio-system}
+spec:
+  template:
+    metadata: {annotations: {sidecar.istio.io/inject: "true"}, labels: {app: app}}
+    spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+"#;
+        let spec = LabSpec::new().manifest("gw.yaml", text).unwrap();
+        let (gw, app) = (&spec.pods[0], &spec.pods[1]);
+        assert!(gw.gateway && !gw.injected, "a gateway pod runs Envoy as a router, without interception");
+        assert_eq!(gw.ports, vec![8443]);
+        assert!(!app.gateway && app.injected);
+    }
+}
