@@ -58,24 +58,7 @@ fn free_port() -> u16 {
 /// Envoy as the project finds it: `ENVOY_BIN`, the workspace's `.venv`, then `PATH`. Missing is a
 /// failure, never a skip.
 fn envoy_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ENVOY_BIN") {
-        return PathBuf::from(p);
-    }
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
-    let in_venv = std::fs::read_dir(lib)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
-        .find(|p| p.is_file());
-    if let Some(p) = in_venv {
-        return p;
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("envoy"))
-        .find(|p| p.is_file())
+    sailplane::agent::envoy::locate(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .unwrap_or_else(|| panic!("Envoy not found: set ENVOY_BIN, or run scripts/setup.sh to install it into .venv"))
 }
 

@@ -15,32 +15,16 @@ pub fn workspace_root() -> PathBuf {
 /// The Envoy binary: `ENVOY_BIN`, else the one `scripts/setup.sh` installs in `.venv`, else `envoy`
 /// on `PATH`. A missing Envoy is an error with instructions, never a reason to skip.
 pub fn envoy_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("ENVOY_BIN") {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!("ENVOY_BIN={} does not exist", p.display());
-        }
-        return Ok(p);
+    let Some(p) = sailplane::agent::envoy::locate(&workspace_root()) else {
+        bail!(
+            "Envoy not found: end-to-end tests need a real Envoy 1.40. Run scripts/setup.sh (installs it \
+             into .venv) or set ENVOY_BIN to an Envoy binary"
+        )
+    };
+    if !p.is_file() {
+        bail!("ENVOY_BIN={} does not exist", p.display());
     }
-    let lib = workspace_root().join(".venv/lib");
-    // The venv's Python version is whatever the machine has; the setup script does not pin it.
-    if let Ok(entries) = std::fs::read_dir(&lib) {
-        for entry in entries.flatten() {
-            let candidate = entry.path().join("site-packages/envoy/_bin/envoy");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH")
-        && let Some(found) = std::env::split_paths(&path).map(|d| d.join("envoy")).find(|p| p.is_file())
-    {
-        return Ok(found);
-    }
-    bail!(
-        "Envoy not found: end-to-end tests need a real Envoy 1.40. Run scripts/setup.sh (installs it \
-         into .venv) or set ENVOY_BIN to an Envoy binary"
-    )
+    Ok(p)
 }
 
 /// The `sailplane` binary: `SAILPLANE_BIN`, else `<target>/debug/sailplane`, built (or brought up to

