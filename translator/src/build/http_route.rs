@@ -745,26 +745,7 @@ pub fn retry_policy(r: Option<&HttpRetry>, consistent_hash: bool) -> Option<Retr
 
 /// gRPC status codes by name, as fault injection accepts them.
 fn grpc_status(name: &str) -> Option<u32> {
-    const CODES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    CODES
+    crate::api::istio::GRPC_STATUS_NAMES
         .iter()
         .position(|c| c.eq_ignore_ascii_case(name))
         .and_then(|i| u32::try_from(i).ok())

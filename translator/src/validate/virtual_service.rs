@@ -43,26 +43,6 @@ const RETRY_ON_POLICIES: &[&str] = &[
     "unavailable",
 ];
 
-const GRPC_STATUS: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 /// Status codes Go's `http.StatusText` knows; `retryOn` accepts them as retriable codes.
 fn is_known_http_status(code: u32) -> bool {
     matches!(code,
@@ -654,7 +634,7 @@ fn check_fault(r: &mut Report, path: &str, f: &HttpFaultInjection) {
                 );
             }
         } else if let Some(g) = &a.grpc_status {
-            if !GRPC_STATUS.contains(&g.as_str()) {
+            if !crate::api::istio::GRPC_STATUS_NAMES.contains(&g.as_str()) {
                 r.error(
                     at(&apath, "grpcStatus"),
                     format!("gRPC status {g:?} is not supported. See https://github.com/grpc/grpc/blob/master/doc/statuscodes.md for a list of supported codes, for example 'NOT_FOUND'"),
