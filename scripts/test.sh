@@ -14,6 +14,9 @@ export ENVOY_BIN
 # The end-to-end tests spawn the binary this build produces.
 export SAILPLANE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/sailplane"
 
+log "cargo fmt --check"
+cargo fmt --all --check || die "formatting differs from rustfmt.toml: run 'cargo fmt' and commit the result"
+
 log "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 

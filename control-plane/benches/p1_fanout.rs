@@ -24,12 +24,15 @@ use std::time::{Duration, Instant};
 use bytes::BufMut;
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, circuit_breakers, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, Metadata, Node, TransportSocket, config_source,
-    transport_socket,
+    AggregatedConfigSource, ApiVersion, ConfigSource, Metadata, Node, TransportSocket, config_source, transport_socket,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{CommonTlsContext, SdsSecretConfig, UpstreamTlsContext};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, SdsSecretConfig, UpstreamTlsContext,
+};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, ListValue, Struct, UInt32Value, Value, value::Kind};
+use envoy_types::pb::google::protobuf::{
+    Any, Duration as PbDuration, ListValue, Struct, UInt32Value, Value, value::Kind,
+};
 use prost::{Message, Name};
 use sailplane::proxy::ProxyInfo;
 use sailplane::xds::{Snapshot, SnapshotSource, StatusRegistry, XdsMetrics, XdsServer};
@@ -48,7 +51,8 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { serve: false, clients: vec![200, 1000], clusters: 1000, runs: 3, timeout: Duration::from_secs(120) };
+    let mut args =
+        Args { serve: false, clients: vec![200, 1000], clusters: 1000, runs: 3, timeout: Duration::from_secs(120) };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -61,7 +65,9 @@ fn parse_args() -> Args {
             "--timeout-secs" => args.timeout = Duration::from_secs(it.next().unwrap().parse().unwrap()),
             // `cargo bench` passes `--bench`; nothing else is expected.
             "--bench" => {}
-            other => panic!("unknown argument {other:?} (use --clients K[,K..] --clusters M --runs R --timeout-secs T)"),
+            other => {
+                panic!("unknown argument {other:?} (use --clients K[,K..] --clusters M --runs R --timeout-secs T)")
+            }
         }
     }
     // Bounded load: this runs on a shared 2-core machine.
@@ -139,7 +145,9 @@ fn istio_cluster(i: usize, generation: u32) -> Cluster {
     let service = strukt(&[("host", str_value(&host))]);
     let istio_meta = strukt(&[(
         "services",
-        Value { kind: Some(Kind::ListValue(ListValue { values: vec![Value { kind: Some(Kind::StructValue(service)) }] })) },
+        Value {
+            kind: Some(Kind::ListValue(ListValue { values: vec![Value { kind: Some(Kind::StructValue(service)) }] })),
+        },
     )]);
     Cluster {
         name: name.clone(),
@@ -150,17 +158,18 @@ fn istio_cluster(i: usize, generation: u32) -> Cluster {
             thresholds: vec![circuit_breakers::Thresholds { max_requests: max, ..Default::default() }],
             ..Default::default()
         }),
-        metadata: Some(Metadata { filter_metadata: [("istio".to_string(), istio_meta)].into_iter().collect(), ..Default::default() }),
-        transport_socket_matches: vec![
-            cluster::TransportSocketMatch {
-                name: String::new(),
-                r#match: Some(strukt(&[("tlsMode", str_value("istio"))])),
-                transport_socket: Some(TransportSocket {
-                    name: "envoy.transport_sockets.tls".into(),
-                    config_type: Some(transport_socket::ConfigType::TypedConfig(any(&tls))),
-                }),
-            },
-        ],
+        metadata: Some(Metadata {
+            filter_metadata: [("istio".to_string(), istio_meta)].into_iter().collect(),
+            ..Default::default()
+        }),
+        transport_socket_matches: vec![cluster::TransportSocketMatch {
+            name: String::new(),
+            r#match: Some(strukt(&[("tlsMode", str_value("istio"))])),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(transport_socket::ConfigType::TypedConfig(any(&tls))),
+            }),
+        }],
         ..Default::default()
     }
 }
@@ -205,10 +214,16 @@ fn serve(args: &Args) {
         let mut generation = 1;
         let set = cluster_set(args.clusters, generation);
         let bytes = set.encoded_len();
-        let snapshot = |set: ResourceSet, push: u64| Arc::new(Snapshot { resources: Arc::new(set), push, changed_at: Instant::now() });
+        let snapshot = |set: ResourceSet, push: u64| {
+            Arc::new(Snapshot { resources: Arc::new(set), push, changed_at: Instant::now() })
+        };
         let (tx, _) = watch::channel(snapshot(set, 0));
         let source = Arc::new(OneSnapshot(tx));
-        let server = XdsServer::from_parts(source.clone(), Arc::new(StatusRegistry::new()), Arc::new(XdsMetrics::unregistered()));
+        let server = XdsServer::from_parts(
+            source.clone(),
+            Arc::new(StatusRegistry::new()),
+            Arc::new(XdsMetrics::unregistered()),
+        );
         let listener = sailplane::xds::listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -316,7 +331,8 @@ impl ResponseScanner {
                 data = &data[n..];
                 if self.prefix_len == 5 {
                     assert_eq!(self.prefix[0], 0, "compressed responses are not expected");
-                    self.remaining = u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]) as usize;
+                    self.remaining =
+                        u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]) as usize;
                     self.current = Light { bytes: self.remaining + 5, ..Default::default() };
                     self.stage = Stage::Key;
                     if self.remaining == 0 {
@@ -502,7 +518,8 @@ async fn open_stream(
         .body(())
         .map_err(|e| e.to_string())?;
     let (response, mut requests) = send.send_request(request, false).map_err(|e| format!("request: {e}"))?;
-    let first = DiscoveryRequest { node: Some(node(i)), type_url: TypeUrl::Cluster.as_str().into(), ..Default::default() };
+    let first =
+        DiscoveryRequest { node: Some(node(i)), type_url: TypeUrl::Cluster.as_str().into(), ..Default::default() };
     requests.send_data(grpc_frame(&first), false).map_err(|e| format!("send: {e}"))?;
     let response = response.await.map_err(|e| format!("response: {e}"))?;
     Ok((requests, response))
@@ -554,7 +571,15 @@ impl ServerProc {
     fn stats(&mut self) -> Stats {
         let line = self.command("stats");
         let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
-        Stats { cpu_ns: v[0], rss_kb: v[1], proxies: v[2], encodes: v[3], user_ticks: v[4], sys_ticks: v[5], peak_kb: v[6] }
+        Stats {
+            cpu_ns: v[0],
+            rss_kb: v[1],
+            proxies: v[2],
+            encodes: v[3],
+            user_ticks: v[4],
+            sys_ticks: v[5],
+            peak_kb: v[6],
+        }
     }
 }
 
@@ -610,7 +635,17 @@ fn drive(args: &Args) {
             let r = rt.block_on(one_run(args, k));
             eprintln!(
                 "K={k} run {run}: last client {:.1} ms (p50 {:.1} ms), server CPU {:.1} ms (user {:.0}, sys {:.0}) for {:.1} MB = {:.3} ms/MB, client CPU {:.0} ms, RSS {:.1} -> {:.1} MB (peak during push {:.1} MB)",
-                r.last_ms, r.p50_ms, r.cpu_ms, r.user_ms, r.sys_ms, r.mb_sent, r.cpu_ms_per_mb, r.client_cpu_ms, r.rss_before_mb, r.rss_after_mb, r.rss_peak_push_mb
+                r.last_ms,
+                r.p50_ms,
+                r.cpu_ms,
+                r.user_ms,
+                r.sys_ms,
+                r.mb_sent,
+                r.cpu_ms_per_mb,
+                r.client_cpu_ms,
+                r.rss_before_mb,
+                r.rss_after_mb,
+                r.rss_peak_push_mb
             );
             results.push(r);
         }
@@ -644,7 +679,9 @@ fn drive(args: &Args) {
             rs.iter().map(|r| r.encodes).max().unwrap_or(0),
         );
     }
-    println!("(medians of the runs; last/p50 client = time from the change command to the K-th / K/2-th client receiving the new version)");
+    println!(
+        "(medians of the runs; last/p50 client = time from the change command to the K-th / K/2-th client receiving the new version)"
+    );
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -18,7 +18,11 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let debounce_time = Histogram::new(exponential_buckets(0.01, 2.0, 12));
         let translations = Counter::default();
-        registry.register("pilot_debounce_time", "Delay in seconds between the first config change and the push", debounce_time.clone());
+        registry.register(
+            "pilot_debounce_time",
+            "Delay in seconds between the first config change and the push",
+            debounce_time.clone(),
+        );
         registry.register("sailplane_translations", "Proxy profile translations performed", translations.clone());
         Self { debounce_time, translations }
     }

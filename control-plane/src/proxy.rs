@@ -76,14 +76,7 @@ impl ProxyInfo {
             cluster: node.cluster.clone(),
             ips,
             pod: pod.to_string(),
-            profile: ProxyProfile {
-                node_type,
-                namespace,
-                labels,
-                service_account,
-                interception,
-                no_workload_cert,
-            },
+            profile: ProxyProfile { node_type, namespace, labels, service_account, interception, no_workload_cert },
         })
     }
 }
@@ -115,14 +108,10 @@ fn meta_labels(meta: Option<&Struct>, key: &str) -> Labels {
 
 /// Builds a node metadata `Struct` from string pairs and labels (used by bootstrap and tests).
 pub fn node_metadata(pairs: &[(&str, String)], labels: &Labels) -> Struct {
-    let mut fields: BTreeMap<String, Value> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), Value { kind: Some(Kind::StringValue(v.clone())) }))
-        .collect();
-    let label_fields = labels
-        .iter()
-        .map(|(k, v)| (k.clone(), Value { kind: Some(Kind::StringValue(v.clone())) }))
-        .collect();
+    let mut fields: BTreeMap<String, Value> =
+        pairs.iter().map(|(k, v)| (k.to_string(), Value { kind: Some(Kind::StringValue(v.clone())) })).collect();
+    let label_fields =
+        labels.iter().map(|(k, v)| (k.clone(), Value { kind: Some(Kind::StringValue(v.clone())) })).collect();
     fields.insert("LABELS".into(), Value { kind: Some(Kind::StructValue(Struct { fields: label_fields })) });
     Struct { fields: fields.into_iter().collect() }
 }

@@ -70,10 +70,8 @@ pub struct Pusher {
 impl Pusher {
     /// A pusher reading `store`, with mesh settings `mesh`.
     pub fn new(store: Arc<Store>, mesh: MeshConfig, debounce: Debounce, metrics: Arc<Metrics>) -> Self {
-        let state = WorldState {
-            world: Arc::new(World { mesh: mesh.clone(), ..World::default() }),
-            ..WorldState::default()
-        };
+        let state =
+            WorldState { world: Arc::new(World { mesh: mesh.clone(), ..World::default() }), ..WorldState::default() };
         Self {
             store,
             mesh,
@@ -182,11 +180,8 @@ impl Pusher {
         }));
         // New connections from here on translate against the new world themselves; collect the
         // existing profiles after the swap so none is missed.
-        let targets: Vec<(ProxyProfile, watch::Sender<Arc<Snapshot>>)> = self
-            .lock_profiles()
-            .iter()
-            .map(|(p, e)| (p.clone(), e.tx.clone()))
-            .collect();
+        let targets: Vec<(ProxyProfile, watch::Sender<Arc<Snapshot>>)> =
+            self.lock_profiles().iter().map(|(p, e)| (p.clone(), e.tx.clone())).collect();
         let mut changed = 0usize;
         for (profile, tx) in &targets {
             let resources = sailplane_translator::build(&world, profile);

@@ -142,8 +142,12 @@ impl Store {
                 let key = obj.key();
                 if let Some(first) = seen.get(&key) {
                     diagnostics.push(
-                        Diagnostic::error(key.to_string(), "metadata.name", format!("duplicate object; the one from {first} is used"))
-                            .with_source(origin_id.clone()),
+                        Diagnostic::error(
+                            key.to_string(),
+                            "metadata.name",
+                            format!("duplicate object; the one from {first} is used"),
+                        )
+                        .with_source(origin_id.clone()),
                     );
                     continue;
                 }
@@ -169,12 +173,24 @@ mod tests {
     fn upsert_replaces_an_origin_and_bumps_generation() {
         let store = Store::new(["files"]);
         let rx = store.subscribe();
-        assert!(store.apply(ConfigEvent::Upsert { origin: "a.yaml".into(), objects: vec![ns("a"), ns("b")], diagnostics: vec![] }));
+        assert!(store.apply(ConfigEvent::Upsert {
+            origin: "a.yaml".into(),
+            objects: vec![ns("a"), ns("b")],
+            diagnostics: vec![]
+        }));
         assert_eq!(*rx.borrow(), 1);
         // Identical content is not a change.
-        assert!(!store.apply(ConfigEvent::Upsert { origin: "a.yaml".into(), objects: vec![ns("a"), ns("b")], diagnostics: vec![] }));
+        assert!(!store.apply(ConfigEvent::Upsert {
+            origin: "a.yaml".into(),
+            objects: vec![ns("a"), ns("b")],
+            diagnostics: vec![]
+        }));
         assert_eq!(*rx.borrow(), 1);
-        assert!(store.apply(ConfigEvent::Upsert { origin: "a.yaml".into(), objects: vec![ns("a")], diagnostics: vec![] }));
+        assert!(store.apply(ConfigEvent::Upsert {
+            origin: "a.yaml".into(),
+            objects: vec![ns("a")],
+            diagnostics: vec![]
+        }));
         assert_eq!(store.view().objects.len(), 1);
         assert!(store.apply(ConfigEvent::Remove { origin: "a.yaml".into() }));
         assert!(store.view().objects.is_empty());

@@ -140,7 +140,11 @@ async fn admin(port: u16, method: &str, path: &str) -> Option<String> {
     let mut out = String::new();
     tcp.read_to_string(&mut out).await.ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { Some(body.to_string()) }
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        Some(body.to_string())
+    }
 }
 
 /// Decodes an HTTP/1.1 chunked body.
@@ -186,7 +190,8 @@ async fn envoy_terminates_tls_with_the_agent_workload_certificate() {
         grace_ratio: 0.5,
         grace_jitter: 0.01,
     };
-    let _agent = Agent::start(CertManager::new(options, ca.client(), ca.root_pem(), Arc::clone(&cache)), &socket).unwrap();
+    let _agent =
+        Agent::start(CertManager::new(options, ca.client(), ca.root_pem(), Arc::clone(&cache)), &socket).unwrap();
 
     let (admin_port, port) = (free_port(), free_port());
     let config = dir.path().join("envoy.yaml");
@@ -292,12 +297,17 @@ async fn agent_binary_runs_and_supervises_envoy() {
     let chain_b64 = default["secret"]["tls_certificate"]["certificate_chain"]["inline_bytes"].as_str().unwrap();
     let chain = String::from_utf8(base64_decode(chain_b64)).unwrap();
     let leaf = &certs(&chain)[0];
-    assert_eq!(uri_sans(leaf), vec!["spiffe://cluster.local/ns/bookinfo/sa/reviews".to_string()], "identity from POD_NAMESPACE/SERVICE_ACCOUNT");
+    assert_eq!(
+        uri_sans(leaf),
+        vec!["spiffe://cluster.local/ns/bookinfo/sa/reviews".to_string()],
+        "identity from POD_NAMESPACE/SERVICE_ACCOUNT"
+    );
     verify_chain(&certs(&chain), &ca.root_pem()).unwrap();
 
     // OUTPUT_CERTS (from the environment) holds the same certificate.
     assert_eq!(std::fs::read_to_string(out_certs.join("cert-chain.pem")).unwrap(), chain);
-    let key_mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(out_certs.join("key.pem")).unwrap().permissions());
+    let key_mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(out_certs.join("key.pem")).unwrap().permissions());
     assert_eq!(key_mode & 0o777, 0o600);
 
     // Envoy completed mTLS to the secure port, verifying it with ROOTCA and the istiod SAN.
@@ -312,8 +322,14 @@ async fn agent_binary_runs_and_supervises_envoy() {
 
     // Envoy exits: the supervisor starts it again.
     admin(admin_port, "POST", "/quitquitquit").await.expect("quitquitquit");
-    wait_async("envoy to exit", WAIT, || async move { admin(admin_port, "GET", "/ready").await.is_none().then_some(()) }).await;
-    wait_async("envoy to be restarted", WAIT, || async move { admin(admin_port, "GET", "/ready").await.map(|_| ()) }).await;
+    wait_async(
+        "envoy to exit",
+        WAIT,
+        || async move { admin(admin_port, "GET", "/ready").await.is_none().then_some(()) },
+    )
+    .await;
+    wait_async("envoy to be restarted", WAIT, || async move { admin(admin_port, "GET", "/ready").await.map(|_| ()) })
+        .await;
     assert!(agent.log().contains("envoy exited"), "{}", agent.log());
 
     // SIGTERM stops the agent and its Envoy.
@@ -346,12 +362,20 @@ fn envoy_validates_the_agent_bootstraps() {
     let envoy = envoy_bin();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("SDS");
-    for extra in [&[][..], &["--xds-tls", "--xds-address", "127.0.0.1:15012"][..], &["--xds-tls", "--xds-root-ca", "/etc/x.pem"][..]] {
+    for extra in [
+        &[][..],
+        &["--xds-tls", "--xds-address", "127.0.0.1:15012"][..],
+        &["--xds-tls", "--xds-root-ca", "/etc/x.pem"][..],
+    ] {
         let argv = ["agent", "--pod", "p", "--namespace", "ns", "--sds-socket", socket.to_str().unwrap()];
         let args = Cli::try_parse_from(argv.iter().chain(extra.iter())).unwrap().args;
         let file = dir.path().join("bootstrap.yaml");
         sailplane::agent::envoy::write(&bootstrap_options(&args), &file).unwrap();
-        let out = Command::new(&envoy).args(["--mode", "validate", "--log-level", "error", "-c"]).arg(&file).output().unwrap();
+        let out = Command::new(&envoy)
+            .args(["--mode", "validate", "--log-level", "error", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "envoy rejected the bootstrap for {extra:?}:\n{}\n{}\n{}",

@@ -113,7 +113,11 @@ fn by_name<'a>(secrets: &'a [Secret], name: &str) -> &'a Secret {
 }
 
 fn node() -> Option<Node> {
-    Some(Node { id: "sidecar~127.0.0.1~p.bookinfo~bookinfo.svc.cluster.local".into(), cluster: "p.bookinfo".into(), ..Default::default() })
+    Some(Node {
+        id: "sidecar~127.0.0.1~p.bookinfo~bookinfo.svc.cluster.local".into(),
+        cluster: "p.bookinfo".into(),
+        ..Default::default()
+    })
 }
 
 struct Sotw {
@@ -263,9 +267,13 @@ async fn delta_serves_and_pushes_rotations() {
     let v1 = first.resources[0].version.clone();
     let secret = Secret::decode(first.resources[0].resource.as_ref().unwrap().value.as_slice()).unwrap();
     let (chain1, _) = tls_cert(&secret);
-    tx.send(DeltaDiscoveryRequest { type_url: SECRET_TYPE_URL.into(), response_nonce: first.nonce.clone(), ..Default::default() })
-        .await
-        .unwrap();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: SECRET_TYPE_URL.into(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     // Subscribing to ROOTCA sends ROOTCA only.
     tx.send(DeltaDiscoveryRequest {
         type_url: SECRET_TYPE_URL.into(),
@@ -276,9 +284,13 @@ async fn delta_serves_and_pushes_rotations() {
     .unwrap();
     let root = next(&mut rx, WAIT).await.expect("ROOTCA");
     assert_eq!(root.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["ROOTCA"]);
-    tx.send(DeltaDiscoveryRequest { type_url: SECRET_TYPE_URL.into(), response_nonce: root.nonce.clone(), ..Default::default() })
-        .await
-        .unwrap();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: SECRET_TYPE_URL.into(),
+        response_nonce: root.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     // Rotation pushes default again with a new version; ROOTCA is unchanged and not resent.
     let rotated = next(&mut rx, WAIT).await.expect("rotation");
     assert_eq!(rotated.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["default"]);
@@ -323,7 +335,8 @@ async fn file_secrets_follow_their_files() {
     let want = (cert2.clone(), key2.clone());
     let deadline = Instant::now() + WAIT;
     loop {
-        let r = sds.next(deadline.saturating_duration_since(Instant::now())).await.expect("push after the files changed");
+        let r =
+            sds.next(deadline.saturating_duration_since(Instant::now())).await.expect("push after the files changed");
         sds.ack(&r, &names).await;
         let secrets = secrets_of(&r);
         if tls_cert(by_name(&secrets, &cert_name)) == want {
@@ -349,5 +362,7 @@ async fn streams_wait_for_the_first_certificate_and_rsa_keys_work() {
     let ders = certs(&chain);
     let (_, leaf) = x509_parser::parse_x509_certificate(&ders[0]).unwrap();
     assert_eq!(leaf.public_key().raw, rcgen::PublicKeyData::subject_public_key_info(&kp).as_slice());
-    assert!(matches!(leaf.public_key().parsed(), Ok(x509_parser::public_key::PublicKey::RSA(r)) if r.key_size() == 2048));
+    assert!(
+        matches!(leaf.public_key().parsed(), Ok(x509_parser::public_key::PublicKey::RSA(r)) if r.key_size() == 2048)
+    );
 }

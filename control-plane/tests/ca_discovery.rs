@@ -58,7 +58,11 @@ fn start(work: &Path, extra: &[&str]) -> Discovery {
     let d = Discovery { child, port, log };
     let deadline = Instant::now() + WAIT;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "secure port never opened:\n{}", std::fs::read_to_string(&d.log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "secure port never opened:\n{}",
+            std::fs::read_to_string(&d.log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     d
@@ -78,7 +82,13 @@ fn example_identity() -> Identity {
     Identity { trust_domain: "example.org".into(), namespace: "bookinfo".into(), service_account: "reviews".into() }
 }
 
-async fn sign(d: &Discovery, root: &str, server_name: Option<&str>, token: &str, ttl: Duration) -> Result<Vec<String>, CaClientError> {
+async fn sign(
+    d: &Discovery,
+    root: &str,
+    server_name: Option<&str>,
+    token: &str,
+    ttl: Duration,
+) -> Result<Vec<String>, CaClientError> {
     let client = CaClient::new(&format!("127.0.0.1:{}", d.port), root, server_name).unwrap();
     let csr = keys::generate(KeyType::Ec, &example_identity()).unwrap().csr_pem;
     client.sign(csr, ttl, token).await
@@ -96,10 +106,17 @@ async fn secure_port_serves_the_ca_and_the_root_survives_restarts() {
     for name in [Some("istiod.istio-system.svc"), None] {
         let chain = sign(&d, &root, name, &tok, Duration::ZERO).await.unwrap();
         let ders: Vec<_> = chain.iter().flat_map(|c| certs(c)).collect();
-        assert_eq!(uri_sans(&ders[0]), vec!["spiffe://example.org/ns/bookinfo/sa/reviews".to_string()], "trust domain from the mesh config");
+        assert_eq!(
+            uri_sans(&ders[0]),
+            vec!["spiffe://example.org/ns/bookinfo/sa/reviews".to_string()],
+            "trust domain from the mesh config"
+        );
         verify_chain(&ders, &root).unwrap();
         let life = lifetime(&ders[0]);
-        assert!(life >= Duration::from_secs(3600) && life < Duration::from_secs(3600 + 120), "--workload-cert-ttl: {life:?}");
+        assert!(
+            life >= Duration::from_secs(3600) && life < Duration::from_secs(3600 + 120),
+            "--workload-cert-ttl: {life:?}"
+        );
     }
     match sign(&d, &root, None, &tok, Duration::from_secs(3 * 3600)).await {
         Err(CaClientError::Call { status, .. }) => assert_eq!(status.code(), tonic::Code::InvalidArgument),
@@ -109,7 +126,8 @@ async fn secure_port_serves_the_ca_and_the_root_survives_restarts() {
 
     let d = start(work.path(), &[]);
     assert_eq!(std::fs::read_to_string(ca_dir.join("root-cert.pem")).unwrap(), root, "root kept across restarts");
-    let chain = sign(&d, &root, None, &tok, Duration::from_secs(600)).await.expect("old root and old token still valid");
+    let chain =
+        sign(&d, &root, None, &tok, Duration::from_secs(600)).await.expect("old root and old token still valid");
     verify_chain(&chain.iter().flat_map(|c| certs(c)).collect::<Vec<_>>(), &root).unwrap();
 }
 

@@ -36,7 +36,8 @@ async fn valid_token_gets_a_spiffe_chain_to_the_root() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::start(dir.path(), CaOptions::default()).await;
     let key = keys::generate(KeyType::Ec, &identity("bookinfo", "reviews")).unwrap();
-    let chain = ca.client().sign(key.csr_pem, Duration::from_secs(3600), &ca.token("bookinfo", "reviews")).await.unwrap();
+    let chain =
+        ca.client().sign(key.csr_pem, Duration::from_secs(3600), &ca.token("bookinfo", "reviews")).await.unwrap();
     assert_eq!(chain.len(), 2, "leaf and root");
     assert_eq!(chain.last().unwrap().trim(), ca.root_pem().trim(), "root last");
     let ders: Vec<_> = chain.iter().flat_map(|c| certs(c)).collect();
@@ -46,15 +47,14 @@ async fn valid_token_gets_a_spiffe_chain_to_the_root() {
     assert!(life >= Duration::from_secs(3600) && life <= Duration::from_secs(3600 + 120), "{life:?}");
 
     // The identity comes from the token: a CSR without SANs gets the token's identity.
-    let chain = ca
-        .client()
-        .sign(keys_without_san(), Duration::ZERO, &ca.token("bookinfo", "ratings"))
-        .await
-        .unwrap();
+    let chain = ca.client().sign(keys_without_san(), Duration::ZERO, &ca.token("bookinfo", "ratings")).await.unwrap();
     let leaf = &certs(&chain[0])[0];
     assert_eq!(uri_sans(leaf), vec!["spiffe://cluster.local/ns/bookinfo/sa/ratings".to_string()]);
     let default_life = lifetime(leaf);
-    assert!(default_life >= Duration::from_secs(24 * 3600), "validity_duration 0 means the 24h default: {default_life:?}");
+    assert!(
+        default_life >= Duration::from_secs(24 * 3600),
+        "validity_duration 0 means the 24h default: {default_life:?}"
+    );
     ca.stop().await;
 }
 
@@ -98,18 +98,27 @@ async fn bad_tokens_are_unauthenticated() {
         ("signed by another key", foreign, "invalid token"),
     ];
     for (what, token, expect) in cases {
-        let (code, msg) = code_of(ca.client().sign(csr_for("ns", "sa"), Duration::from_secs(600), &token).await.unwrap_err());
+        let (code, msg) =
+            code_of(ca.client().sign(csr_for("ns", "sa"), Duration::from_secs(600), &token).await.unwrap_err());
         assert_eq!(code, Code::Unauthenticated, "{what}: {msg}");
         assert!(msg.to_lowercase().contains(expect), "{what}: message {msg:?} should say {expect:?}");
     }
 
     // No authorization metadata at all.
-    let request = tonic::Request::new(IstioCertificateRequest { csr: csr_for("ns", "sa"), validity_duration: 600, metadata: None });
+    let request = tonic::Request::new(IstioCertificateRequest {
+        csr: csr_for("ns", "sa"),
+        validity_duration: 600,
+        metadata: None,
+    });
     let status = ca.client().create_certificate(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("no credentials"), "{}", status.message());
     // A header that is not a bearer token.
-    let mut request = tonic::Request::new(IstioCertificateRequest { csr: csr_for("ns", "sa"), validity_duration: 600, metadata: None });
+    let mut request = tonic::Request::new(IstioCertificateRequest {
+        csr: csr_for("ns", "sa"),
+        validity_duration: 600,
+        metadata: None,
+    });
     request.metadata_mut().insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
     let status = ca.client().create_certificate(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -133,8 +142,11 @@ async fn ttl_over_the_max_and_bad_csrs_are_invalid_arguments() {
     let (code, msg) = code_of(ca.client().sign("not a csr".into(), Duration::from_secs(60), &token).await.unwrap_err());
     assert_eq!(code, Code::InvalidArgument, "{msg}");
 
-    let mut request =
-        tonic::Request::new(IstioCertificateRequest { csr: csr_for("ns", "sa"), validity_duration: -5, metadata: None });
+    let mut request = tonic::Request::new(IstioCertificateRequest {
+        csr: csr_for("ns", "sa"),
+        validity_duration: -5,
+        metadata: None,
+    });
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     assert_eq!(ca.client().create_certificate(request).await.unwrap_err().code(), Code::InvalidArgument);
     ca.stop().await;
@@ -172,7 +184,9 @@ async fn a_client_that_does_not_trust_the_root_cannot_connect() {
     let (code, _) = code_of(err);
     assert_eq!(code, Code::Unavailable, "the TLS handshake must fail");
     // The server certificate is valid for istiod's name as well as the address.
-    let by_name = sailplane::agent::ca_client::CaClient::new(&ca.address(), &ca.root_pem(), Some("istiod.istio-system.svc")).unwrap();
+    let by_name =
+        sailplane::agent::ca_client::CaClient::new(&ca.address(), &ca.root_pem(), Some("istiod.istio-system.svc"))
+            .unwrap();
     by_name.sign(csr_for("ns", "sa"), Duration::from_secs(60), &ca.token("ns", "sa")).await.unwrap();
     ca.stop().await;
 }
@@ -200,7 +214,12 @@ async fn client_certificates_are_optional_but_verified() {
             None => builder.with_no_client_auth(),
             Some((chain, key)) => {
                 let ck = tls::certified_key(&chain, &key).unwrap();
-                builder.with_client_auth_cert(ck.cert.clone(), rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()).unwrap()
+                builder
+                    .with_client_auth_cert(
+                        ck.cert.clone(),
+                        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                    )
+                    .unwrap()
             }
         };
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -226,8 +245,10 @@ async fn client_certificates_are_optional_but_verified() {
 
     // A workload certificate from the mesh CA.
     let key = keys::generate(KeyType::Ec, &identity("bookinfo", "reviews")).unwrap();
-    let chain = ca.client().sign(key.csr_pem, Duration::from_secs(600), &ca.token("bookinfo", "reviews")).await.unwrap();
-    let _mtls = connect(Some((chain.concat(), key.key_pem)), ca.root_pem()).await.expect("mesh certificates are accepted");
+    let chain =
+        ca.client().sign(key.csr_pem, Duration::from_secs(600), &ca.token("bookinfo", "reviews")).await.unwrap();
+    let _mtls =
+        connect(Some((chain.concat(), key.key_pem)), ca.root_pem()).await.expect("mesh certificates are accepted");
     let info = tokio::time::timeout(WAIT, incoming.next()).await.unwrap().unwrap().unwrap().connect_info();
     assert_eq!(info.peer_identity(), Some(identity("bookinfo", "reviews")));
 
@@ -236,7 +257,10 @@ async fn client_certificates_are_optional_but_verified() {
     let other_ca = sailplane::ca::Authority::load_or_create_self_signed(other.path(), CaOptions::default()).unwrap();
     let key = keys::generate(KeyType::Ec, &identity("bookinfo", "reviews")).unwrap();
     let foreign = other_ca.sign_csr(&key.csr_pem, &identity("bookinfo", "reviews"), None).unwrap();
-    assert!(connect(Some((foreign.concat(), key.key_pem)), ca.root_pem()).await.is_err(), "foreign client certificates are refused");
+    assert!(
+        connect(Some((foreign.concat(), key.key_pem)), ca.root_pem()).await.is_err(),
+        "foreign client certificates are refused"
+    );
     assert!(
         tokio::time::timeout(Duration::from_millis(500), incoming.next()).await.is_err(),
         "a refused handshake yields no connection"

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use fake_apiserver::FakeApiServer;
 use sailplane::agent::ca_client::{CaClient, CaClientError};
 use sailplane::agent::keys::{self, KeyType};
-use sailplane::ca::{Authority, CaOptions, Identity};
 use sailplane::ca::server::{AuthError, Authenticator, Caller, Credentials};
+use sailplane::ca::{Authority, CaOptions, Identity};
 use sailplane::sources::kube::ca_secret;
 use sailplane::sources::kube::leader::LeaderElection;
 use sailplane::sources::kube::review::{SecretAccess, SubjectAccessReviewer, TokenReviewAuthenticator};
@@ -69,7 +69,11 @@ async fn token_review_allows_and_refuses() {
         other => panic!("an API server error is 'unavailable', not a refusal: {other:?}"),
     }
     // The review asked for the CA's audience.
-    assert!(fake.requests().iter().any(|r| r.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews")), "{:?}", fake.requests());
+    assert!(
+        fake.requests().iter().any(|r| r.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews")),
+        "{:?}",
+        fake.requests()
+    );
 }
 
 #[tokio::test]
@@ -129,7 +133,11 @@ async fn start_discovery(fake: &FakeApiServer) -> Discovery {
         .unwrap();
     let deadline = Instant::now() + WAIT;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "secure port never opened:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "secure port never opened:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         // An async sleep: the fake API server runs on this runtime and must keep answering.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -147,8 +155,11 @@ async fn the_ca_accepts_kubernetes_service_account_tokens() {
     assert!(!d.ca_dir.join("root-cert.pem").exists(), "no file root in Kubernetes mode");
     let root = secret_text(&fake, ca_secret::SELF_SIGNED_SECRET, "root-cert.pem").expect("root in istio-ca-secret");
     let client = CaClient::new(&format!("127.0.0.1:{}", d.port), &root, Some("istiod.istio-system.svc")).unwrap();
-    let identity =
-        Identity { trust_domain: "cluster.local".into(), namespace: "back-end".into(), service_account: "default".into() };
+    let identity = Identity {
+        trust_domain: "cluster.local".into(),
+        namespace: "back-end".into(),
+        service_account: "default".into(),
+    };
     let csr = || keys::generate(KeyType::Ec, &identity).unwrap().csr_pem;
 
     let chain = client.sign(csr(), Duration::from_secs(3600), "pod-token").await.unwrap();
@@ -156,7 +167,9 @@ async fn the_ca_accepts_kubernetes_service_account_tokens() {
     assert!(chain.last().unwrap().trim() == root.trim(), "the chain ends with the mesh root");
 
     match client.sign(csr(), Duration::from_secs(3600), "forged").await {
-        Err(CaClientError::Call { status, .. }) => assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}"),
+        Err(CaClientError::Call { status, .. }) => {
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}")
+        }
         other => panic!("a forged token must be refused: {other:?}"),
     }
     fake.fail_reviews(true);
@@ -305,7 +318,8 @@ async fn the_leader_creates_one_root_in_a_secret_and_followers_and_restarts_use_
     assert_eq!(restarted.root_pem(), leader.root_pem());
 
     // A certificate signed by the follower chains to the root the leader created.
-    let identity = Identity { trust_domain: "cluster.local".into(), namespace: "ns".into(), service_account: "sa".into() };
+    let identity =
+        Identity { trust_domain: "cluster.local".into(), namespace: "ns".into(), service_account: "sa".into() };
     let request = keys::generate(KeyType::Ec, &identity).unwrap();
     let chain = follower_ca.sign_csr(&request.csr_pem, &identity, None).unwrap();
     assert_eq!(chain.last().unwrap().trim(), leader.root_pem().trim());
@@ -326,7 +340,10 @@ async fn the_cacerts_secret_plugs_in_a_ca() {
     let (ca, origin) = ca_secret::load_authority(&fake.client(), "istio-system", &options, rx).await.unwrap();
     assert_eq!(origin, ca_secret::CaOrigin::Plugin);
     assert_eq!(ca.root_pem().trim(), cert.trim());
-    assert!(fake.get("Secret", "istio-system", ca_secret::SELF_SIGNED_SECRET).is_none(), "no self-signed root with a plug-in CA");
+    assert!(
+        fake.get("Secret", "istio-system", ca_secret::SELF_SIGNED_SECRET).is_none(),
+        "no self-signed root with a plug-in CA"
+    );
 
     // A cacerts Secret without its key is a clear error naming the Secret and the key.
     fake.apply(json!({

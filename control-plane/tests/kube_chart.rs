@@ -44,7 +44,9 @@ fn helm() -> PathBuf {
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|d| d.join("helm"))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("helm not found: run scripts/install-helm.sh (installs ./.tools/bin/helm) or set HELM_BIN"))
+        .unwrap_or_else(|| {
+            panic!("helm not found: run scripts/install-helm.sh (installs ./.tools/bin/helm) or set HELM_BIN")
+        })
 }
 
 fn chart() -> PathBuf {
@@ -64,7 +66,8 @@ fn run_helm(args: &[&str]) -> String {
 
 fn template(extra: &[&str]) -> Vec<Value> {
     let chart = chart();
-    let mut args = vec!["template", "sailplane", chart.to_str().unwrap(), "--namespace", "istio-system", "--include-crds"];
+    let mut args =
+        vec!["template", "sailplane", chart.to_str().unwrap(), "--namespace", "istio-system", "--include-crds"];
     args.extend_from_slice(extra);
     let text = run_helm(&args);
     serde_yaml_ng::Deserializer::from_str(&text)
@@ -138,7 +141,10 @@ fn rendered_objects_are_complete() {
     let expected: BTreeSet<String> = ISTIO_KINDS.iter().map(|k| format!("{}.{}", k.plural, k.group)).collect();
     assert_eq!(crds, expected);
     for d in &docs {
-        if d["kind"] != "CustomResourceDefinition" && !d["kind"].as_str().unwrap().starts_with("Cluster") && !d["kind"].as_str().unwrap().ends_with("WebhookConfiguration") {
+        if d["kind"] != "CustomResourceDefinition"
+            && !d["kind"].as_str().unwrap().starts_with("Cluster")
+            && !d["kind"].as_str().unwrap().ends_with("WebhookConfiguration")
+        {
             assert_eq!(d["metadata"]["namespace"], "istio-system", "{} {}", d["kind"], d["metadata"]["name"]);
         }
     }
@@ -166,19 +172,26 @@ fn rendered_objects_are_complete() {
     let container = &pod["spec"]["containers"][0];
     let args = strings(&container["args"]);
     assert_eq!(args[0], "discovery");
-    let parsed = DiscoveryCli::try_parse_from(std::iter::once("sailplane".to_string()).chain(args.iter().skip(1).cloned()))
-        .unwrap_or_else(|e| panic!("the chart's args are not valid discovery flags: {e}\n{args:?}"))
-        .args;
+    let parsed =
+        DiscoveryCli::try_parse_from(std::iter::once("sailplane".to_string()).chain(args.iter().skip(1).cloned()))
+            .unwrap_or_else(|e| panic!("the chart's args are not valid discovery flags: {e}\n{args:?}"))
+            .args;
     assert!(parsed.kube.kubernetes);
     assert!(parsed.config.is_none());
-    assert_eq!((parsed.xds_port, parsed.secure_port, parsed.monitoring_port, parsed.webhook.webhook_port), (15010, 15012, 15014, 15017));
+    assert_eq!(
+        (parsed.xds_port, parsed.secure_port, parsed.monitoring_port, parsed.webhook.webhook_port),
+        (15010, 15012, 15014, 15017)
+    );
     assert_eq!(parsed.webhook.injection_discovery_host.as_deref(), Some("istiod.istio-system.svc"));
     let container_ports: BTreeSet<u64> =
         container["ports"].as_array().unwrap().iter().map(|p| p["containerPort"].as_u64().unwrap()).collect();
     assert_eq!(container_ports, [15010, 15012, 15014, 15017].into_iter().collect());
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
     let env = container["env"].as_array().unwrap();
-    assert!(env.iter().any(|e| e["name"] == "POD_NAMESPACE" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"));
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "POD_NAMESPACE" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace")
+    );
     assert!(env.iter().any(|e| e["name"] == "POD_NAME" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"));
     // The webhook certificate flags point into the mounted Secret.
     let cert = parsed.webhook.webhook_cert.unwrap();
@@ -226,7 +239,10 @@ fn rbac_is_least_privilege_and_covers_every_watched_kind() {
     assert_eq!(verbs(&cluster, "authorization.k8s.io", "subjectaccessreviews"), ["create".to_string()].into());
     assert!(verbs(&cluster, "", "configmaps").is_superset(&["create".to_string(), "update".to_string()].into()));
     assert_eq!(verbs(&cluster, "", "secrets"), read, "secrets are only read cluster-wide");
-    assert!(verbs(&ns, "coordination.k8s.io", "leases").is_superset(&["get".to_string(), "create".to_string(), "update".to_string()].into()));
+    assert!(
+        verbs(&ns, "coordination.k8s.io", "leases")
+            .is_superset(&["get".to_string(), "create".to_string(), "update".to_string()].into())
+    );
     // Nothing more than that.
     let allowed_resources: BTreeSet<(String, String)> = watched
         .iter()
@@ -238,11 +254,21 @@ fn rbac_is_least_privilege_and_covers_every_watched_kind() {
         .collect();
     for ((g, r), v) in &cluster {
         assert!(allowed_resources.contains(&(g.clone(), r.clone())), "unexpected cluster permission on {g}/{r}");
-        assert!(!v.contains("*") && !v.contains("delete") && !v.contains("deletecollection") && !v.contains("escalate") && !v.contains("bind"), "{g}/{r}: {v:?}");
+        assert!(
+            !v.contains("*")
+                && !v.contains("delete")
+                && !v.contains("deletecollection")
+                && !v.contains("escalate")
+                && !v.contains("bind"),
+            "{g}/{r}: {v:?}"
+        );
         assert!(g != "*" && r != "*");
     }
     for ((g, r), v) in &ns {
-        assert!(matches!((g.as_str(), r.as_str()), ("coordination.k8s.io", "leases") | ("", "secrets")), "unexpected namespaced permission on {g}/{r}");
+        assert!(
+            matches!((g.as_str(), r.as_str()), ("coordination.k8s.io", "leases") | ("", "secrets")),
+            "unexpected namespaced permission on {g}/{r}"
+        );
         assert!(!v.contains("*") && !v.contains("delete"), "{g}/{r}: {v:?}");
     }
     // The bindings give these roles to the chart's service account.
@@ -264,8 +290,10 @@ async fn webhooks_point_at_the_service_with_a_certificate_the_api_server_accepts
     for (config, path) in [(mutating, "/inject"), (validating, "/validate")] {
         for w in config["webhooks"].as_array().unwrap() {
             let svc = &w["clientConfig"]["service"];
-            assert_eq!((svc["name"].as_str(), svc["namespace"].as_str(), svc["path"].as_str(), svc["port"].as_u64()),
-                       (Some("istiod"), Some("istio-system"), Some(path), Some(443)));
+            assert_eq!(
+                (svc["name"].as_str(), svc["namespace"].as_str(), svc["path"].as_str(), svc["port"].as_u64()),
+                (Some("istiod"), Some("istio-system"), Some(path), Some(443))
+            );
             assert_eq!(strings(&w["admissionReviewVersions"]), ["v1"]);
             assert_eq!(w["sideEffects"], "None");
             bundles.insert(w["clientConfig"]["caBundle"].as_str().unwrap().to_string());
@@ -273,7 +301,10 @@ async fn webhooks_point_at_the_service_with_a_certificate_the_api_server_accepts
     }
     assert_eq!(bundles.len(), 1, "one CA for every webhook");
     let injector = &mutating["webhooks"][0];
-    assert_eq!(injector["namespaceSelector"]["matchExpressions"][0], json!({"key": "istio-injection", "operator": "In", "values": ["enabled"]}));
+    assert_eq!(
+        injector["namespaceSelector"]["matchExpressions"][0],
+        json!({"key": "istio-injection", "operator": "In", "values": ["enabled"]})
+    );
     assert_eq!(strings(&injector["rules"][0]["resources"]), ["pods"]);
     let rule = &validating["webhooks"][0]["rules"][0];
     assert_eq!(strings(&rule["apiGroups"]), ["networking.istio.io", "security.istio.io"]);
@@ -293,7 +324,11 @@ async fn webhooks_point_at_the_service_with_a_certificate_the_api_server_accepts
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    tokio::spawn(serve(listener, config, Arc::new(WebhookState { injector: InjectorConfig::default(), namespaces: Arc::new(namespaces) })));
+    tokio::spawn(serve(
+        listener,
+        config,
+        Arc::new(WebhookState { injector: InjectorConfig::default(), namespaces: Arc::new(namespaces) }),
+    ));
     let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": "chart", "kind": {"group": "networking.istio.io", "version": "v1", "kind": "Gateway"},
         "namespace": "edge", "operation": "CREATE",

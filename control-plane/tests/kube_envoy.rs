@@ -42,12 +42,8 @@ impl Drop for Proc {
 fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Proc {
     let out = std::fs::File::create(log).unwrap();
     let err = out.try_clone().unwrap();
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+    let child =
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
     Proc { child, log: log.to_path_buf(), name }
 }
 
@@ -159,9 +155,7 @@ async fn services_created_through_the_api_reach_envoy() {
     let bootstrap = scratch.path().join("envoy.yaml");
     std::fs::write(&bootstrap, render(&bootstrap_args).unwrap()).unwrap();
     let mut cmd = Command::new(&envoy);
-    cmd.arg("-c")
-        .arg(&bootstrap)
-        .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]);
+    cmd.arg("-c").arg(&bootstrap).args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]);
     let _envoy = spawn("envoy", cmd, &scratch.path().join("envoy.log"));
 
     const CLUSTER: &str = "outbound|80||web.demo.svc.cluster.local";
@@ -194,7 +188,10 @@ async fn services_created_through_the_api_reach_envoy() {
     .await;
 
     assert!(fake.delete("Service", "demo", "web"));
-    eventually("the cluster to leave envoy", || async { clusters().await.filter(|b| !b.contains(CLUSTER)).map(|_| ()) }).await;
+    eventually("the cluster to leave envoy", || async {
+        clusters().await.filter(|b| !b.contains(CLUSTER)).map(|_| ())
+    })
+    .await;
 
     // The binary's injection webhook sees the namespace label through the Kubernetes source and the
     // mesh's proxyMetadata from the ConfigMap.

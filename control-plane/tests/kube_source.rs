@@ -84,10 +84,8 @@ fn service(ns: &str, name: &str, port: u16) -> Value {
 }
 
 fn endpoint_slice(ns: &str, service: &str, ips: &[&str]) -> Value {
-    let endpoints: Vec<Value> = ips
-        .iter()
-        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
-        .collect();
+    let endpoints: Vec<Value> =
+        ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect();
     json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
            "metadata": {"name": format!("{service}-abc"), "namespace": ns,
                         "labels": {"kubernetes.io/service-name": service}},
@@ -97,9 +95,7 @@ fn endpoint_slice(ns: &str, service: &str, ips: &[&str]) -> Value {
 
 /// One object of every watched kind, with its store key.
 fn one_of_each() -> Vec<(String, Value)> {
-    let istio = |api: &str, kind: &str, spec: Value| {
-        json!({"apiVersion": api, "kind": kind, "metadata": {"name": "x", "namespace": "demo"}, "spec": spec})
-    };
+    let istio = |api: &str, kind: &str, spec: Value| json!({"apiVersion": api, "kind": kind, "metadata": {"name": "x", "namespace": "demo"}, "spec": spec});
     vec![
         ("Namespace demo".into(), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}})),
         ("Service demo/web".into(), service("demo", "web", 80)),
@@ -121,25 +117,38 @@ fn one_of_each() -> Vec<(String, Value)> {
         ),
         (
             "VirtualService demo/x".into(),
-            istio("networking.istio.io/v1", "VirtualService", json!({"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}]}]})),
+            istio(
+                "networking.istio.io/v1",
+                "VirtualService",
+                json!({"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}]}]}),
+            ),
         ),
         (
             "DestinationRule demo/x".into(),
-            istio("networking.istio.io/v1", "DestinationRule", json!({"host": "web", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]})),
+            istio(
+                "networking.istio.io/v1",
+                "DestinationRule",
+                json!({"host": "web", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
+            ),
         ),
         (
             "Gateway demo/x".into(),
-            istio("networking.istio.io/v1", "Gateway", json!({"selector": {"istio": "ingressgateway"},
-                "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]})),
+            istio(
+                "networking.istio.io/v1",
+                "Gateway",
+                json!({"selector": {"istio": "ingressgateway"},
+                "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}),
+            ),
         ),
         (
             "ServiceEntry demo/x".into(),
-            istio("networking.istio.io/v1", "ServiceEntry", json!({"hosts": ["api.example.com"], "ports": [{"number": 443, "name": "https", "protocol": "TLS"}], "resolution": "DNS"})),
+            istio(
+                "networking.istio.io/v1",
+                "ServiceEntry",
+                json!({"hosts": ["api.example.com"], "ports": [{"number": 443, "name": "https", "protocol": "TLS"}], "resolution": "DNS"}),
+            ),
         ),
-        (
-            "Sidecar demo/x".into(),
-            istio("networking.istio.io/v1", "Sidecar", json!({"egress": [{"hosts": ["./*"]}]})),
-        ),
+        ("Sidecar demo/x".into(), istio("networking.istio.io/v1", "Sidecar", json!({"egress": [{"hosts": ["./*"]}]}))),
         (
             "WorkloadEntry demo/x".into(),
             istio("networking.istio.io/v1", "WorkloadEntry", json!({"address": "10.2.0.1", "labels": {"app": "vm"}})),
@@ -177,12 +186,22 @@ async fn ready_only_after_every_kind_listed() {
     assert!(!store.synced(), "pods are still being listed: not ready yet");
     eventually("the initial sync", || store.synced().then_some(())).await;
     // Every watched kind was listed once.
-    for plural in ["namespaces", "services", "endpointslices", "pods", "secrets", "configmaps", "virtualservices", "peerauthentications"] {
+    for plural in [
+        "namespaces",
+        "services",
+        "endpointslices",
+        "pods",
+        "secrets",
+        "configmaps",
+        "virtualservices",
+        "peerauthentications",
+    ] {
         assert_eq!(fake.list_count(plural), 1, "{plural}: {:?}", fake.requests());
     }
     // The mesh ConfigMap is watched in the system namespace by name only.
     assert!(
-        fake.requests().iter().any(|r| r.starts_with("GET /api/v1/namespaces/istio-system/configmaps?") && r.contains("fieldSelector=metadata.name=istio")),
+        fake.requests().iter().any(|r| r.starts_with("GET /api/v1/namespaces/istio-system/configmaps?")
+            && r.contains("fieldSelector=metadata.name=istio")),
         "{:?}",
         fake.requests()
     );
@@ -229,7 +248,8 @@ async fn create_update_delete_of_every_kind_reach_the_store() {
 async fn managed_fields_are_dropped_invalid_objects_become_diagnostics_and_other_secrets_are_ignored() {
     let fake = FakeApiServer::start_new().await;
     let mut svc = service("demo", "web", 80);
-    svc["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]);
+    svc["metadata"]["managedFields"] =
+        json!([{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]);
     fake.apply(svc);
     fake.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                       "metadata": {"name": "bad", "namespace": "demo"}, "spec": {"hosts": ["web"], "htpp": []}}));
@@ -258,8 +278,10 @@ async fn managed_fields_are_dropped_invalid_objects_become_diagnostics_and_other
     fake.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cred", "namespace": "demo"},
                       "type": "Opaque", "data": {"user": "dQ=="}}));
     eventually("the fix and the secret change", || {
-        (has(&store, "VirtualService demo/bad") && !has(&store, "Secret demo/cred") && store.view().diagnostics.is_empty())
-            .then_some(())
+        (has(&store, "VirtualService demo/bad")
+            && !has(&store, "Secret demo/cred")
+            && store.view().diagnostics.is_empty())
+        .then_some(())
     })
     .await;
     task.abort();
@@ -284,7 +306,8 @@ async fn service_and_endpoint_slice_become_a_translated_cluster() {
     let store = Arc::new(Store::new([SOURCE_NAME]));
     let task = start_source(&fake, &store);
     let debounce = Debounce { after: Duration::from_millis(10), max: Duration::from_millis(200) };
-    let pusher = Arc::new(Pusher::new(Arc::clone(&store), MeshConfig::default(), debounce, Arc::new(Metrics::unregistered())));
+    let pusher =
+        Arc::new(Pusher::new(Arc::clone(&store), MeshConfig::default(), debounce, Arc::new(Metrics::unregistered())));
     let push_task = tokio::spawn(Arc::clone(&pusher).run());
     eventually("the pusher to be ready", || pusher.ready().then_some(())).await;
     let rx = pusher.connect(&proxy("client-1", "demo", "client"));
@@ -296,14 +319,20 @@ async fn service_and_endpoint_slice_become_a_translated_cluster() {
     eventually("the cluster and its endpoints", || {
         let snap = rx.borrow();
         let cla = snap.resources.get(TypeUrl::Endpoint, CLUSTER)?;
-        let decoded = <envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(cla.value_bytes()).ok()?;
+        let decoded = <envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(
+            cla.value_bytes(),
+        )
+        .ok()?;
         let n: usize = decoded.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
         (snap.resources.get(TypeUrl::Cluster, CLUSTER).is_some() && n == 2).then_some(())
     })
     .await;
 
     assert!(fake.delete("Service", "demo", "web"));
-    eventually("the cluster to go away", || rx.borrow().resources.get(TypeUrl::Cluster, CLUSTER).is_none().then_some(())).await;
+    eventually("the cluster to go away", || {
+        rx.borrow().resources.get(TypeUrl::Cluster, CLUSTER).is_none().then_some(())
+    })
+    .await;
     push_task.abort();
     task.abort();
 }
@@ -427,7 +456,10 @@ async fn istio_kinds_are_watched_at_a_served_version() {
     eventually("the initial sync", || store.synced().then_some(())).await;
     let reqs = fake.requests();
     assert!(reqs.iter().any(|r| r.starts_with("GET /apis/networking.istio.io/v1/virtualservices?")), "{reqs:?}");
-    assert!(!reqs.iter().any(|r| r.contains("/v1beta1/virtualservices") || r.contains("/v1alpha3/virtualservices")), "{reqs:?}");
+    assert!(
+        !reqs.iter().any(|r| r.contains("/v1beta1/virtualservices") || r.contains("/v1alpha3/virtualservices")),
+        "{reqs:?}"
+    );
     task.abort();
 
     // Without the Istio CRDs the core kinds still sync.
@@ -446,14 +478,18 @@ async fn mesh_config_is_read_from_the_configmap() {
     let fake = FakeApiServer::start_new().await;
     let client = fake.client();
     assert!(read_mesh_config(&client, "istio-system", "istio").await.unwrap().is_none());
-    fake.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "istio-system"},
-                      "data": {"mesh": "trustDomain: example.org\nrootNamespace: mesh-root\n"}}));
+    fake.apply(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "istio-system"},
+                      "data": {"mesh": "trustDomain: example.org\nrootNamespace: mesh-root\n"}}),
+    );
     let (mesh, text) = read_mesh_config(&client, "istio-system", "istio").await.unwrap().unwrap();
     assert_eq!(mesh.trust_domain, "example.org");
     assert_eq!(mesh.root_namespace, "mesh-root");
     assert!(text.contains("example.org"));
-    fake.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "istio-system"},
-                      "data": {"mesh": "trustDomain: [oops"}}));
+    fake.apply(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "istio-system"},
+                      "data": {"mesh": "trustDomain: [oops"}}),
+    );
     let err = read_mesh_config(&client, "istio-system", "istio").await.unwrap_err();
     assert!(err.to_string().contains("istio-system/istio"), "{err}");
 }

@@ -19,7 +19,12 @@ const B_CRED: &str = "kubernetes://b/cred";
 fn secrets_yaml(a_cert: &str) -> String {
     format!(
         "{}---\n{}---\n{}",
-        mk_secret("a", "cred", "kubernetes.io/tls", &[("tls.crt", a_cert), ("tls.key", "KEY-OF-A"), ("ca.crt", "CA-OF-A")]),
+        mk_secret(
+            "a",
+            "cred",
+            "kubernetes.io/tls",
+            &[("tls.crt", a_cert), ("tls.key", "KEY-OF-A"), ("ca.crt", "CA-OF-A")]
+        ),
         mk_secret("b", "cred", "Opaque", &[("cert", "CERT-OF-B"), ("key", "KEY-OF-B"), ("cacert", "CA-OF-B")]),
         mk_secret("a", "other", "Opaque", &[("cert", "OTHER-A"), ("key", "OTHER-KEY")]),
     )
@@ -48,7 +53,11 @@ async fn secrets_follow_the_certificate_identity() {
     let first = a.next().await.unwrap();
     let got = secrets_of(&first);
     assert_eq!(names(&got), ["kubernetes://a/other", CRED, CRED_CA], "b/cred is not served to namespace a");
-    assert_eq!(got[1], (CRED.into(), "cert".into(), "CERT-OF-A-1".into(), "KEY-OF-A".into()), "main secret: cert and key");
+    assert_eq!(
+        got[1],
+        (CRED.into(), "cert".into(), "CERT-OF-A-1".into(), "KEY-OF-A".into()),
+        "main secret: cert and key"
+    );
     assert_eq!(got[2], (CRED_CA.into(), "ca".into(), "CA-OF-A".into(), String::new()), "-cacert: the CA only");
     a.ack(&first, &wanted);
 
@@ -56,7 +65,8 @@ async fn secrets_follow_the_certificate_identity() {
     let syncz = cp.syncz().await;
     let entry = syncz.as_array().unwrap().iter().find(|e| e["proxy"] == node("pod-a", "a").id).unwrap().clone();
     assert_eq!(entry["identity"], "spiffe://cluster.local/ns/a/sa/sa-a");
-    let (_, dump) = http_get(cp.monitoring_port, &format!("/debug/config_dump?proxyID={}", node("pod-a", "a").id)).await.unwrap();
+    let (_, dump) =
+        http_get(cp.monitoring_port, &format!("/debug/config_dump?proxyID={}", node("pod-a", "a").id)).await.unwrap();
     assert!(dump.contains(CRED), "{dump}");
     let key_b64 = base64::engine::general_purpose::STANDARD.encode("KEY-OF-A");
     assert!(!dump.contains(&key_b64) && !dump.contains("KEY-OF-A"), "private key in config_dump: {dump}");
@@ -97,7 +107,9 @@ async fn secrets_follow_the_certificate_identity() {
 
     let log = cp.log();
     assert!(
-        log.contains("secret not served") && log.contains("kubernetes://b/cred") && log.contains("spiffe://cluster.local/ns/a/sa/sa-a"),
+        log.contains("secret not served")
+            && log.contains("kubernetes://b/cred")
+            && log.contains("spiffe://cluster.local/ns/a/sa/sa-a"),
         "a warning names the proxy, identity and secret:\n{log}"
     );
 

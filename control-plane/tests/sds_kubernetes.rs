@@ -62,7 +62,11 @@ async fn start_discovery(fake: &FakeApiServer) -> Discovery {
         .unwrap();
     let deadline = Instant::now() + WAIT;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "secure port never opened:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "secure port never opened:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         // Async: the fake API server runs on this runtime and must keep answering.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -115,7 +119,8 @@ async fn secrets_need_a_subject_access_review() {
 
     // Allowed by RBAC: gets both halves (once the source has listed the Secret).
     let (chain, key) = workload_cert(&d, &root, "gw", "ingress", "allowed-token").await;
-    let mut allowed = Sotw::open(tls_channel(&d.secure, &root, Some((&chain, &key))).await, node("ingress-1", "gw")).await.unwrap();
+    let mut allowed =
+        Sotw::open(tls_channel(&d.secure, &root, Some((&chain, &key))).await, node("ingress-1", "gw")).await.unwrap();
     allowed.request_secrets(&wanted);
     let deadline = Instant::now() + WAIT;
     loop {
@@ -132,13 +137,16 @@ async fn secrets_need_a_subject_access_review() {
 
     // Same namespace, no RBAC grant: nothing (the Secret is known to the control plane by now).
     let (chain, key) = workload_cert(&d, &root, "gw", "other", "denied-token").await;
-    let mut denied = Sotw::open(tls_channel(&d.secure, &root, Some((&chain, &key))).await, node("other-1", "gw")).await.unwrap();
+    let mut denied =
+        Sotw::open(tls_channel(&d.secure, &root, Some((&chain, &key))).await, node("other-1", "gw")).await.unwrap();
     denied.request_secrets(&wanted);
     let resp = denied.next().await.unwrap();
     assert!(resp.resources.is_empty(), "served without RBAC: {:?}", secrets_of(&resp));
     let log = d.log();
     assert!(
-        log.contains("secret not served") && log.contains("spiffe://cluster.local/ns/gw/sa/other") && log.contains("authorizer=\"kubernetes\""),
+        log.contains("secret not served")
+            && log.contains("spiffe://cluster.local/ns/gw/sa/other")
+            && log.contains("authorizer=\"kubernetes\""),
         "{log}"
     );
 }

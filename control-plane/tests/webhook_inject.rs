@@ -101,8 +101,7 @@ fn apply_patch(doc: &mut Value, ops: &Value) {
     for op in ops.as_array().unwrap() {
         assert_eq!(op["op"], "add", "only add operations are expected: {op}");
         let path = op["path"].as_str().unwrap();
-        let mut parts: Vec<String> =
-            path.split('/').skip(1).map(|p| p.replace("~1", "/").replace("~0", "~")).collect();
+        let mut parts: Vec<String> = path.split('/').skip(1).map(|p| p.replace("~1", "/").replace("~0", "~")).collect();
         let last = parts.pop().unwrap();
         let mut target = &mut *doc;
         for p in &parts {
@@ -210,16 +209,30 @@ fn proxy_metadata_and_user_volumes_in_both_forms() {
     let env = proxy_env(&pod);
     assert_eq!(env.get("OUTPUT_CERTS").map(String::as_str), Some("/etc/istio-output-certs"));
     assert_eq!(env.get("SECRET_TTL").map(String::as_str), Some("12h"), "the pod's proxyMetadata wins over the mesh's");
-    let proxy = pod["spec"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == "istio-proxy").unwrap().clone();
-    assert!(proxy["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == "istio-certs" && m["mountPath"] == "/etc/istio-output-certs"));
+    let proxy =
+        pod["spec"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == "istio-proxy").unwrap().clone();
+    assert!(
+        proxy["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "istio-certs" && m["mountPath"] == "/etc/istio-output-certs")
+    );
     // Array form (EnRoute), JSON ProxyConfig.
     let pod = read_case("pod-user-volume-array-enroute", "pod");
     let env = proxy_env(&pod);
     assert_eq!(env.get("OUTPUT_CERTS").map(String::as_str), Some("/etc/istio-certs"));
     assert_eq!(env.get("SECRET_TTL").map(String::as_str), Some("24h"), "the mesh default applies");
-    assert!(pod["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "istio-certs" && v["emptyDir"]["medium"] == "Memory"));
+    assert!(
+        pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "istio-certs" && v["emptyDir"]["medium"] == "Memory")
+    );
     // Downward API and the CA address are always there.
-    let proxy = pod["spec"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == "istio-proxy").unwrap().clone();
+    let proxy =
+        pod["spec"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == "istio-proxy").unwrap().clone();
     let names: Vec<&str> = proxy["env"].as_array().unwrap().iter().filter_map(|e| e["name"].as_str()).collect();
     for n in ["CA_ADDR", "POD_NAME", "POD_NAMESPACE", "INSTANCE_IP", "SERVICE_ACCOUNT"] {
         assert!(names.contains(&n), "{n} missing: {names:?}");
@@ -230,7 +243,8 @@ fn proxy_metadata_and_user_volumes_in_both_forms() {
 
 fn init_script(case: &str) -> String {
     let pod = read_case(case, "pod");
-    let init = pod["spec"]["initContainers"].as_array().unwrap().iter().find(|c| c["name"] == "istio-init").unwrap().clone();
+    let init =
+        pod["spec"]["initContainers"].as_array().unwrap().iter().find(|c| c["name"] == "istio-init").unwrap().clone();
     assert_eq!(init["command"][0], "sh");
     init["command"][2].as_str().unwrap().to_string()
 }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use sailplane::cli::analyze::analyze;
 use sailplane::sources::yaml::parse_documents;
-use sailplane_translator::validate::validate_set;
 use sailplane::webhook::inject::InjectorConfig;
 use sailplane::webhook::{WebhookState, serve, tls};
 use sailplane_translator::diag::Severity;
+use sailplane_translator::validate::validate_set;
 use serde_json::{Value, json};
 use webhook_support::{Trust, post};
 

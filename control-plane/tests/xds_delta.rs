@@ -38,10 +38,11 @@ async fn wildcard_then_only_changes_and_removals() {
 
     // "b" changes (becomes a STATIC cluster), "c" goes, "d" comes; "a" is untouched.
     let mut next = config(&["a", "d"], 80, &["l1"], &[]);
-    next.add(TypeUrl::Cluster, "b", &envoy_types::pb::envoy::config::cluster::v3::Cluster {
-        name: "b".into(),
-        ..Default::default()
-    });
+    next.add(
+        TypeUrl::Cluster,
+        "b",
+        &envoy_types::pb::envoy::config::cluster::v3::Cluster { name: "b".into(), ..Default::default() },
+    );
     srv.source.set(next);
     let change = c.recv().await;
     assert_eq!(delta_names(&change), ["b", "d"]);
@@ -50,10 +51,11 @@ async fn wildcard_then_only_changes_and_removals() {
 
     // Only endpoints change: CDS subscribers get nothing.
     let mut next = config(&["a", "d"], 90, &["l1"], &[]);
-    next.add(TypeUrl::Cluster, "b", &envoy_types::pb::envoy::config::cluster::v3::Cluster {
-        name: "b".into(),
-        ..Default::default()
-    });
+    next.add(
+        TypeUrl::Cluster,
+        "b",
+        &envoy_types::pb::envoy::config::cluster::v3::Cluster { name: "b".into(), ..Default::default() },
+    );
     srv.source.set(next);
     c.expect_silence().await;
 }
@@ -177,10 +179,8 @@ async fn types_in_order_and_per_type_state() {
     c.ack(&rds);
     // One change touching every type arrives as CDS, EDS, LDS, RDS.
     srv.source.set(config(&["a", "z"], 81, &["l1", "l2"], &["r1", "r0"]));
-    let order: Vec<String> = [c.recv().await, c.recv().await, c.recv().await]
-        .iter()
-        .map(|r| r.type_url.clone())
-        .collect();
+    let order: Vec<String> =
+        [c.recv().await, c.recv().await, c.recv().await].iter().map(|r| r.type_url.clone()).collect();
     assert_eq!(order, [TypeUrl::Cluster.as_str(), TypeUrl::Endpoint.as_str(), TypeUrl::Listener.as_str()]);
     // RDS "r1" did not change (only "r0" was added, which is not subscribed): nothing.
     c.expect_silence().await;

@@ -215,8 +215,11 @@ async fn https_get(port: u16, host: &str, ca_pem: &str) -> Result<(u16, String),
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let mut s = connector.connect(ServerName::try_from(host.to_string()).unwrap(), tcp).await.map_err(|e| e.to_string())?;
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut s =
+        connector.connect(ServerName::try_from(host.to_string()).unwrap(), tcp).await.map_err(|e| e.to_string())?;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     // Envoy may close without close_notify; what arrived counts.
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;

@@ -81,7 +81,8 @@ async fn ack_is_not_answered() {
     let cds = c.recv().await;
     c.ack(&cds, &[]);
     c.expect_silence().await;
-    srv.eventually("cds synced", |s| s.status.state(&proxy_id("p1"), TypeUrl::Cluster) == Some(SyncState::Synced)).await;
+    srv.eventually("cds synced", |s| s.status.state(&proxy_id("p1"), TypeUrl::Cluster) == Some(SyncState::Synced))
+        .await;
 }
 
 #[tokio::test]

@@ -88,19 +88,12 @@ fn type_name_of(type_url: &str) -> &str {
 /// Renders the encoded message `bytes` of type `type_name` (full name, or a type URL) as JSON.
 pub fn message_to_json(type_name: &str, bytes: &[u8]) -> Result<Value, Error> {
     let type_name = type_name_of(type_name);
-    let desc = pool()?
-        .get_message_by_name(type_name)
-        .ok_or_else(|| Error::UnknownType(type_name.to_string()))?;
-    let msg = DynamicMessage::decode(desc, bytes).map_err(|source| Error::Decode {
-        type_name: type_name.to_string(),
-        source,
-    })?;
+    let desc = pool()?.get_message_by_name(type_name).ok_or_else(|| Error::UnknownType(type_name.to_string()))?;
+    let msg = DynamicMessage::decode(desc, bytes)
+        .map_err(|source| Error::Decode { type_name: type_name.to_string(), source })?;
     msg.serialize_with_options(serde_json::value::Serializer, &envoy_json_options())
         .map(sort_keys)
-        .map_err(|e| Error::Json {
-            type_name: type_name.to_string(),
-            message: e.to_string(),
-        })
+        .map_err(|e| Error::Json { type_name: type_name.to_string(), message: e.to_string() })
 }
 
 /// Orders object keys alphabetically at every level (`@type` first). Protobuf maps decode into
@@ -302,11 +295,8 @@ mod tests {
 
     #[test]
     fn unknown_types_are_errors() {
-        let any = prost_types_any::Any {
-            type_url: "type.googleapis.com/no.such.Message".into(),
-            value: vec![],
-        }
-        .encode_to_vec();
+        let any = prost_types_any::Any { type_url: "type.googleapis.com/no.such.Message".into(), value: vec![] }
+            .encode_to_vec();
         assert!(matches!(any_to_json(&any), Err(Error::UnknownType(_))));
         let err = config_dump([DumpEntry { type_url: "x", name: "n", version: "v", any: &any }]).unwrap_err();
         assert!(matches!(err, Error::UnsupportedType(_)));

@@ -62,14 +62,7 @@ impl ControlPlane {
             .stderr(err)
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
-        let mut cp = ControlPlane {
-            child,
-            xds_port,
-            monitoring_port,
-            secure_port,
-            log,
-            _scratch: scratch,
-        };
+        let mut cp = ControlPlane { child, xds_port, monitoring_port, secure_port, log, _scratch: scratch };
         cp.wait_ready().await?;
         Ok(cp)
     }

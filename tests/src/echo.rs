@@ -54,7 +54,8 @@ impl EchoServer {
     /// Every request gets `200` with JSON `{"name", "method", "path", "host", "headers"}`.
     pub async fn start_on(name: &str, ip: Ipv4Addr, port: u16) -> anyhow::Result<EchoServer> {
         let addr = SocketAddr::new(IpAddr::V4(ip), port);
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding echo {name} on {addr}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding echo {name} on {addr}"))?;
         let shared = Arc::new(Shared {
             name: name.to_string(),
             hits: AtomicU64::new(0),
@@ -125,10 +126,7 @@ async fn answer(
 ) -> (StatusCode, Json<Value>) {
     shared.hits.fetch_add(1, Ordering::Relaxed);
     // Decrement only while positive, so concurrent requests fail exactly `n` times in total.
-    let failing = shared
-        .fail_remaining
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
+    let failing = shared.fail_remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     let status = if failing {
         u16::try_from(shared.fail_status.load(Ordering::SeqCst))
             .ok()

@@ -136,14 +136,7 @@ impl Envoy {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("spawning {}", envoy.display()))?;
-        let mut proxy = Envoy {
-            child,
-            admin_port,
-            node_id: opts.node_id(),
-            bootstrap,
-            log,
-            _scratch: scratch,
-        };
+        let mut proxy = Envoy { child, admin_port, node_id: opts.node_id(), bootstrap, log, _scratch: scratch };
         proxy.wait_admin().await?;
         Ok(proxy)
     }
@@ -210,13 +203,13 @@ impl Envoy {
     /// `ip:port` of every host of cluster `name`, sorted, or `None` when Envoy has no such cluster.
     pub async fn cluster_hosts(&self, name: &str) -> anyhow::Result<Option<Vec<String>>> {
         let v = self.admin_json("/clusters?format=json").await?;
-        let Some(cluster) = array(&v, "cluster_statuses")
-            .iter()
-            .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+        let Some(cluster) =
+            array(&v, "cluster_statuses").iter().find(|c| c.get("name").and_then(Value::as_str) == Some(name))
         else {
             return Ok(None);
         };
-        let mut hosts: Vec<String> = array(cluster, "host_statuses").iter().filter_map(|h| socket_address(h.get("address"))).collect();
+        let mut hosts: Vec<String> =
+            array(cluster, "host_statuses").iter().filter_map(|h| socket_address(h.get("address"))).collect();
         hosts.sort();
         Ok(Some(hosts))
     }

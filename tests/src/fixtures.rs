@@ -39,10 +39,8 @@ spec:
 /// An EndpointSlice of Service `service` with ready endpoints at `addresses`, all on `port` (the
 /// slice's port named `http`, matching [`mk_service`]).
 pub fn mk_endpoint_slice(name: &str, service: &str, ns: &str, addresses: &[&str], port: u16) -> String {
-    let endpoints: String = addresses
-        .iter()
-        .map(|a| format!("- addresses: [\"{a}\"]\n  conditions:\n    ready: true\n"))
-        .collect();
+    let endpoints: String =
+        addresses.iter().map(|a| format!("- addresses: [\"{a}\"]\n  conditions:\n    ready: true\n")).collect();
     format!(
         r#"apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice

@@ -16,7 +16,8 @@ pub struct Response {
 impl Response {
     /// The JSON body, or an error quoting it.
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
-        serde_json::from_str(&self.body).with_context(|| format!("status {}, body is not JSON: {}", self.status, self.body))
+        serde_json::from_str(&self.body)
+            .with_context(|| format!("status {}, body is not JSON: {}", self.status, self.body))
     }
 
     /// The `name` field of an [`crate::EchoServer`] answer.

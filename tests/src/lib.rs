@@ -29,8 +29,8 @@ pub mod http;
 pub mod lab;
 pub mod paths;
 pub mod ports;
-pub mod traffic;
 pub mod tls_echo;
+pub mod traffic;
 pub mod wait;
 
 pub use config_dir::ConfigDir;

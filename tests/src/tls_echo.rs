@@ -81,7 +81,8 @@ impl Pki {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let cert = params.self_signed(&key)?;
         Ok(Pki { name: name.to_string(), ca_pem: cert.pem(), issuer: Issuer::new(params, key) })
     }
@@ -190,7 +191,8 @@ pub struct PeerCert {
 impl PeerCert {
     /// Parses a DER certificate.
     pub fn from_der(der: &[u8]) -> anyhow::Result<PeerCert> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("parsing certificate: {e}"))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("parsing certificate: {e}"))?;
         let uri_sans = cert
             .subject_alternative_name()
             .ok()
@@ -288,7 +290,8 @@ impl TlsEchoServer {
         let config = server_config(cert, options.client_ca_pem.as_deref())?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let addr = SocketAddr::new(IpAddr::V4(ip), port);
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding TLS echo {name} on {addr}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding TLS echo {name} on {addr}"))?;
         let shared = Arc::new(Shared {
             name: name.to_string(),
             requests: Mutex::new(Vec::new()),
@@ -334,17 +337,20 @@ impl Drop for TlsEchoServer {
 
 fn server_config(cert: &CertKey, client_ca_pem: Option<&str>) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert.chain_pem.as_bytes()).collect::<Result<_, _>>().context("server chain PEM")?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("server chain PEM")?;
     let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).context("server key PEM")?;
-    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider)).with_safe_default_protocol_versions()?;
+    let builder =
+        rustls::ServerConfig::builder_with_provider(Arc::clone(&provider)).with_safe_default_protocol_versions()?;
     let mut config = match client_ca_pem {
         Some(pem) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
                 roots.add(c.context("client CA PEM")?)?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
             builder.with_client_cert_verifier(verifier).with_single_cert(chain, key)?
         }
         None => builder.with_no_client_auth().with_single_cert(chain, key)?,
@@ -373,7 +379,8 @@ async fn accept_loop(
                 Err(_) => return handshake_failed(&shared, "handshake timed out".into()),
             };
             let (_, session) = tls.get_ref();
-            let client = session.peer_certificates().and_then(|c| c.first()).and_then(|der| PeerCert::from_der(der).ok());
+            let client =
+                session.peer_certificates().and_then(|c| c.first()).and_then(|der| PeerCert::from_der(der).ok());
             let alpn = session.alpn_protocol().map(|a| String::from_utf8_lossy(a).into_owned());
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let shared = Arc::clone(&shared);
@@ -549,7 +556,11 @@ impl MeshSidecar {
     async fn wait_live(&self) -> anyhow::Result<()> {
         eventually("the agent's Envoy to say LIVE on /ready", Duration::from_secs(40), || async move {
             let r = self.admin_get("/ready").await?;
-            if r.status == 200 && r.body.trim() == "LIVE" { Ok(()) } else { bail!("status {}: {}", r.status, r.body.trim()) }
+            if r.status == 200 && r.body.trim() == "LIVE" {
+                Ok(())
+            } else {
+                bail!("status {}: {}", r.status, r.body.trim())
+            }
         })
         .await
     }
@@ -596,7 +607,9 @@ impl MeshSidecar {
         if let Ok(v) = warming.json()
             && let Some(cs) = v.get("configs").and_then(Value::as_array)
         {
-            names.extend(cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str)).map(|n| format!("{n} (warming)")));
+            names.extend(
+                cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str)).map(|n| format!("{n} (warming)")),
+            );
         }
         Ok(names)
     }
@@ -656,8 +669,11 @@ impl MeshSidecar {
                 lines
                     .into_iter()
                     .filter(|l| {
-                        (l.contains(".ssl.") || l.contains("upstream_cx_connect_fail") || l.contains("upstream_cx_total")
-                            || l.contains("upstream_rq_") || l.contains("upstream_reset"))
+                        (l.contains(".ssl.")
+                            || l.contains("upstream_cx_connect_fail")
+                            || l.contains("upstream_cx_total")
+                            || l.contains("upstream_rq_")
+                            || l.contains("upstream_reset"))
                             && !l.ends_with(": 0")
                     })
                     .collect::<Vec<_>>()
@@ -667,7 +683,9 @@ impl MeshSidecar {
         let secrets = self.secret_names().await.map(|n| format!("{n:?}")).unwrap_or_else(|e| format!("<{e:#}>"));
         // A cluster update Envoy has not finished warming (waiting for EDS or SDS) is not active yet.
         let warming = match self.cluster_config_in(cluster, "dynamic_warming_clusters").await {
-            Ok(Some(c)) => format!("yes, an update is warming:\n{}", serde_json::to_string_pretty(&c).unwrap_or_default()),
+            Ok(Some(c)) => {
+                format!("yes, an update is warming:\n{}", serde_json::to_string_pretty(&c).unwrap_or_default())
+            }
             Ok(None) => "no".into(),
             Err(e) => format!("<{e:#}>"),
         };

@@ -76,7 +76,10 @@ impl Mesh {
         let cp = ControlPlane::start_with(dir.path(), cp_flags).await?;
         let errors = error_diagnostics(&cp.diagnostics().await?);
         if !errors.is_empty() {
-            bail!("the test's configuration should load without errors, the control plane reports:\n{}", errors.join("\n"));
+            bail!(
+                "the test's configuration should load without errors, the control plane reports:\n{}",
+                errors.join("\n")
+            );
         }
         let envoy = Envoy::start(&cp, opts).await?;
         envoy.wait_live().await?;
@@ -126,12 +129,7 @@ pub struct Call {
 impl Call {
     /// `GET http://127.0.0.1:<port><path>` with `Host: <host>`.
     pub fn new(port: u16, host: &str, path: &str) -> Call {
-        Call {
-            port,
-            host: host.to_string(),
-            path: path.to_string(),
-            headers: Vec::new(),
-        }
+        Call { port, host: host.to_string(), path: path.to_string(), headers: Vec::new() }
     }
 
     /// The same request with one more header.
@@ -258,12 +256,7 @@ impl Client {
                 .or_insert(v);
         }
         let body = resp.text().await.with_context(|| format!("reading the body of {}", call.describe()))?;
-        Ok(Reply {
-            status,
-            headers,
-            body,
-            elapsed: start.elapsed(),
-        })
+        Ok(Reply { status, headers, body, elapsed: start.elapsed() })
     }
 }
 

@@ -36,7 +36,10 @@ async fn bad_files_are_diagnosed_and_the_rest_is_served() -> anyhow::Result<()> 
     let port = free_port()?;
     dir.write("good.yaml", &mk_service_with_endpoints("hello", "default", port, &["127.0.0.1"], echo.port()))?;
     dir.write("unparsable.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: broken\n  spec: [\n")?;
-    dir.write("unknown-kind.yaml", "apiVersion: example.com/v1\nkind: Gizmo\nmetadata:\n  name: widget\n  namespace: default\n")?;
+    dir.write(
+        "unknown-kind.yaml",
+        "apiVersion: example.com/v1\nkind: Gizmo\nmetadata:\n  name: widget\n  namespace: default\n",
+    )?;
     dir.write(
         "wrong-type.yaml",
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: typo\n  namespace: default\nspec:\n  ports:\n  - name: http\n    port: eighty\n",

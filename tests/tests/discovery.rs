@@ -108,7 +108,9 @@ async fn directory_edits_reach_envoy_without_restart(#[case] api: XdsApi) -> any
     envoy.wait_no_listener(port).await?;
     match http::get_via(port, &host, "/").await {
         Err(_) => {}
-        Ok(r) => bail!("expected the request to fail after the service was removed, got status {}: {}", r.status, r.body),
+        Ok(r) => {
+            bail!("expected the request to fail after the service was removed, got status {}: {}", r.status, r.body)
+        }
     }
     ensure!(envoy.is_running(), "Envoy exited; the edits must apply without a restart");
     Ok(())
@@ -134,10 +136,7 @@ async fn rejected_listener_is_reported_and_traffic_keeps_flowing(#[case] api: Xd
     // rejects the listener (an LDS NACK) and keeps the rest.
     let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, free_port()?))?;
     let taken_port = taken.local_addr()?.port();
-    dir.write(
-        "taken.yaml",
-        &mk_service_with_endpoints("taken", "default", taken_port, &["127.0.0.1"], echo.port()),
-    )?;
+    dir.write("taken.yaml", &mk_service_with_endpoints("taken", "default", taken_port, &["127.0.0.1"], echo.port()))?;
 
     let error = eventually("syncz to report Envoy's LDS rejection as ERROR with its text", CONVERGE, || async {
         let entry = cp.syncz_entry(&envoy.node_id).await?.unwrap_or_default();
@@ -146,7 +145,10 @@ async fn rejected_listener_is_reported_and_traffic_keeps_flowing(#[case] api: Xd
         if entry["lds"] == "ERROR" && envoy_text {
             Ok(error)
         } else {
-            bail!("expected lds ERROR with Envoy's bind error, got lds {} error {error:?}; entry: {entry}", entry["lds"])
+            bail!(
+                "expected lds ERROR with Envoy's bind error, got lds {} error {error:?}; entry: {entry}",
+                entry["lds"]
+            )
         }
     })
     .await?;

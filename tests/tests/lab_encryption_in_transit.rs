@@ -27,7 +27,9 @@ const SNI: &str = "outbound_.8080_._.hello-world-rest-api.back-end.svc.cluster.l
 fn cluster_sni(dump: &Value, cluster: &str) -> Option<String> {
     fn find<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
         match v {
-            Value::Object(m) if m.get("name").and_then(Value::as_str) == Some(name) && m.contains_key("type") => Some(v),
+            Value::Object(m) if m.get("name").and_then(Value::as_str) == Some(name) && m.contains_key("type") => {
+                Some(v)
+            }
             Value::Object(m) => m.values().find_map(|x| find(x, name)),
             Value::Array(a) => a.iter().find_map(|x| find(x, name)),
             _ => None,
@@ -80,25 +82,13 @@ fn seed_002_encryption_in_transit() -> anyhow::Result<()> {
     lab.check(&mut report, "4 STRICT, sidecars on both", FRONT, URL, Expect::Mtls200(front_id.clone()))?;
     lab.envoy_admin_post(BACK, "/logging?filter=warning")?;
     let log = lab.sidecar_log_text(BACK)?;
-    let seen: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.split_once("requestedServerName: ").map(|(_, sni)| sni.trim()))
-        .collect();
-    report.add(
-        "4 back-end proxy: SNI received (TLS inspector)",
-        SNI,
-        format!("{seen:?}"),
-        seen.contains(&SNI),
-    );
+    let seen: Vec<&str> =
+        log.lines().filter_map(|l| l.split_once("requestedServerName: ").map(|(_, sni)| sni.trim())).collect();
+    report.add("4 back-end proxy: SNI received (TLS inspector)", SNI, format!("{seen:?}"), seen.contains(&SNI));
 
     let dump = lab.config_dump(FRONT).context("front-end sidecar config_dump")?;
     let sni = cluster_sni(&dump, CLUSTER);
-    report.add(
-        format!("4 front-end proxy: SNI of {CLUSTER}"),
-        SNI,
-        format!("{sni:?}"),
-        sni.as_deref() == Some(SNI),
-    );
+    report.add(format!("4 front-end proxy: SNI of {CLUSTER}"), SNI, format!("{sni:?}"), sni.as_deref() == Some(SNI));
     let client_handshakes = lab.envoy_stat_sum(FRONT, &format!("cluster.{CLUSTER}"), "ssl.handshake")?;
     report.add(
         "4 front-end proxy: TLS handshakes to the back-end",
@@ -117,7 +107,12 @@ fn seed_002_encryption_in_transit() -> anyhow::Result<()> {
     for pod in [FRONT, BACK] {
         let id = lab.xds_identity(pod)?;
         let want = lab.identity(pod)?;
-        report.add(format!("xDS identity of {pod} (15012)"), want.clone(), format!("{id:?}"), id.as_deref() == Some(want.as_str()));
+        report.add(
+            format!("xDS identity of {pod} (15012)"),
+            want.clone(),
+            format!("{id:?}"),
+            id.as_deref() == Some(want.as_str()),
+        );
     }
     if !report.rows().iter().all(|r| r.ok) {
         // What the proxies held, for whoever routes the failure (translator or control plane).

@@ -161,7 +161,13 @@ fn seeds_000_001_ingress_gateway_end_to_end_encryption() -> anyhow::Result<()> {
     let inbound = |suffix: &str| lab.envoy_stat_sum(PRODUCTPAGE, "listener.0.0.0.0_15006.", suffix);
     let (no_chain_before, no_cert_before) = (inbound("no_filter_chain_match")?, inbound("ssl.fail_verify_no_cert")?);
     let via = |port: u16| format!("http://127.0.0.1:{port}/productpage");
-    lab.check(&mut report, "3 EnRoute Envoy + OUTPUT_CERTS", ENROUTE, &via(10000), Expect::Mtls200(enroute_id.clone()))?;
+    lab.check(
+        &mut report,
+        "3 EnRoute Envoy + OUTPUT_CERTS",
+        ENROUTE,
+        &via(10000),
+        Expect::Mtls200(enroute_id.clone()),
+    )?;
     lab.check(&mut report, "3 same Envoy, plaintext upstream", ENROUTE, &via(10001), Expect::Status(503))?;
     lab.check(&mut report, "3 same Envoy, TLS, no client certificate", ENROUTE, &via(10002), Expect::Status(503))?;
     let stats = lab.admin_get(ENROUTE, 9901, "/stats")?;

@@ -70,11 +70,7 @@ async fn wait_cluster_with(sidecar: &MeshSidecar, name: &str, needles: &[&str]) 
 async fn expect_tls_echo(sidecar: &MeshSidecar, cluster: &str, call: &Call, want: &str) -> anyhow::Result<Reply> {
     let r = eventually(&format!("{} to answer 200 from {want}", call.describe()), CONVERGE, || async move {
         let r = send(call).await?;
-        if r.status == 200 && r.backend().as_deref() == Some(want) {
-            Ok(r)
-        } else {
-            bail!("{}", r.summary())
-        }
+        if r.status == 200 && r.backend().as_deref() == Some(want) { Ok(r) } else { bail!("{}", r.summary()) }
     })
     .await;
     match r {
@@ -292,7 +288,8 @@ async fn mutual_origination_rule_added_to_a_running_sidecar(#[case] api: XdsApi)
     let dir = ConfigDir::new()?;
     dir.write("late.yaml", &mk_service_with_endpoints("late", "default", port, &["127.0.0.1"], setup.server.port()))?;
     let cp = ControlPlane::start(dir.path()).await?;
-    let sidecar = MeshSidecar::start(&cp, &SidecarSpec { xds_api: api, ..SidecarSpec::new("client", "client") }).await?;
+    let sidecar =
+        MeshSidecar::start(&cp, &SidecarSpec { xds_api: api, ..SidecarSpec::new("client", "client") }).await?;
     let cluster = outbound_cluster(port, &host);
     sidecar.wait_listener(port).await?;
     let call = Call::new(port, "late", "/mutual");
@@ -323,7 +320,11 @@ async fn mutual_origination_with_a_credential_name_secret() -> anyhow::Result<()
     let port = ports::free_port()?;
     let dir = ConfigDir::new()?;
     dir.write("vault.yaml", &mk_service_with_endpoints("vault", "default", port, &["127.0.0.1"], server.port()))?;
-    let data = [("tls.crt", &client_cert.chain_pem), ("tls.key", &client_cert.key_pem), ("ca.crt", &enterprise.ca_pem().to_string())];
+    let data = [
+        ("tls.crt", &client_cert.chain_pem),
+        ("tls.key", &client_cert.key_pem),
+        ("ca.crt", &enterprise.ca_pem().to_string()),
+    ];
     let string_data: String =
         data.iter().map(|(k, v)| format!("  {k}: {}\n", serde_json::to_string(v).unwrap_or_default())).collect();
     dir.write(
@@ -411,8 +412,17 @@ async fn istio_mutual_refuses_a_server_with_another_identity() -> anyhow::Result
     let impostor_cert = mesh_cert(&cp, "default", "impostor", Duration::from_secs(3600)).await?;
     let ratings_cert = mesh_cert(&cp, "default", "ratings", Duration::from_secs(3600)).await?;
     let (reviews_port, ratings_port) = (ports::free_port()?, ports::free_port()?);
-    let reviews = TlsEchoServer::start_on("reviews", "127.0.0.2".parse()?, ports::free_port()?, &impostor_cert, mesh_clients.clone()).await?;
-    let ratings = TlsEchoServer::start_on("ratings", "127.0.0.3".parse()?, ports::free_port()?, &ratings_cert, mesh_clients).await?;
+    let reviews = TlsEchoServer::start_on(
+        "reviews",
+        "127.0.0.2".parse()?,
+        ports::free_port()?,
+        &impostor_cert,
+        mesh_clients.clone(),
+    )
+    .await?;
+    let ratings =
+        TlsEchoServer::start_on("ratings", "127.0.0.3".parse()?, ports::free_port()?, &ratings_cert, mesh_clients)
+            .await?;
     dir.write("reviews.yaml", &mesh_service("reviews", "reviews", "127.0.0.2", reviews_port, reviews.port()))?;
     dir.write("ratings.yaml", &mesh_service("ratings", "ratings", "127.0.0.3", ratings_port, ratings.port()))?;
     let sidecar = MeshSidecar::start(&cp, &SidecarSpec::new("client", "client")).await?;
@@ -424,7 +434,8 @@ async fn istio_mutual_refuses_a_server_with_another_identity() -> anyhow::Result
     sidecar.wait_listener(reviews_port).await?;
     sidecar.wait_listener(ratings_port).await?;
 
-    let r = expect_tls_echo(&sidecar, &ratings_cluster, &Call::new(ratings_port, "ratings", "/istio"), "ratings").await?;
+    let r =
+        expect_tls_echo(&sidecar, &ratings_cluster, &Call::new(ratings_port, "ratings", "/istio"), "ratings").await?;
     let seen = client_seen(&r).context("the server saw no client certificate")?;
     assert_eq!(
         seen["uri_sans"],

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sailplane_tests::fixtures::{fqdn, outbound_cluster};
-use sailplane_tests::tls_echo::{MeshSidecar, PeerCert, SidecarSpec, TlsEchoOptions, TlsEchoServer, mesh_cert, mesh_root};
+use sailplane_tests::tls_echo::{
+    MeshSidecar, PeerCert, SidecarSpec, TlsEchoOptions, TlsEchoServer, mesh_cert, mesh_root,
+};
 use sailplane_tests::traffic::{Call, send};
 use sailplane_tests::{ConfigDir, ControlPlane, eventually, ports};
 
@@ -84,7 +86,11 @@ async fn certificates_rotate_under_traffic_without_failed_requests() -> anyhow::
 
     let out = tempfile::tempdir()?;
     let out_dir = out.path().join("certs");
-    let spec = SidecarSpec { secret_ttl: "8s".into(), output_certs: Some(out_dir.clone()), ..SidecarSpec::new("client", "client") };
+    let spec = SidecarSpec {
+        secret_ttl: "8s".into(),
+        output_certs: Some(out_dir.clone()),
+        ..SidecarSpec::new("client", "client")
+    };
     let sidecar = MeshSidecar::start(&cp, &spec).await?;
     let cluster = outbound_cluster(port, &fqdn("reviews", "default"));
     sidecar.wait_listener(port).await?;
@@ -120,7 +126,8 @@ async fn certificates_rotate_under_traffic_without_failed_requests() -> anyhow::
     }
 
     let seen: Vec<_> = server.requests().into_iter().skip(before).collect();
-    let identities: BTreeSet<Vec<String>> = seen.iter().filter_map(|r| r.client.as_ref().map(|c| c.uri_sans.clone())).collect();
+    let identities: BTreeSet<Vec<String>> =
+        seen.iter().filter_map(|r| r.client.as_ref().map(|c| c.uri_sans.clone())).collect();
     let serials: BTreeSet<String> = seen.iter().filter_map(|r| r.client.as_ref().map(|c| c.serial.clone())).collect();
     let report = format!(
         "sent {sent} requests in {:?}; server answered {}; client certificate serials seen by the server: {serials:?}; \

@@ -63,7 +63,9 @@ async fn quickstart_example_serves_hello_and_httpbin() -> anyhow::Result<()> {
                     move_port(&mut doc, "/spec/ports/0/targetPort", BACKEND_PORT, echo.port(), &what)?;
                 }
                 ("EndpointSlice", _) => move_port(&mut doc, "/ports/0/port", BACKEND_PORT, echo.port(), &what)?,
-                ("ServiceEntry", "httpbin") => move_port(&mut doc, "/spec/ports/0/number", HTTPBIN_PORT, httpbin_port, &what)?,
+                ("ServiceEntry", "httpbin") => {
+                    move_port(&mut doc, "/spec/ports/0/number", HTTPBIN_PORT, httpbin_port, &what)?
+                }
                 _ => {}
             }
             out.push_str("---\n");

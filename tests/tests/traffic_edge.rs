@@ -6,7 +6,9 @@ use anyhow::ensure;
 use rstest::rstest;
 use sailplane_tests::fixtures::{fqdn, outbound_cluster};
 use sailplane_tests::ports::free_port;
-use sailplane_tests::traffic::{Backend, Call, Mesh, counter, expect_backend, report, send, wait_listener_port, wait_virtual_host_with};
+use sailplane_tests::traffic::{
+    Backend, Call, Mesh, counter, expect_backend, report, send, wait_listener_port, wait_virtual_host_with,
+};
 use sailplane_tests::{ConfigDir, EchoServer, EnvoyOptions, XdsApi};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +102,9 @@ spec:
 #[case::sidecar_resource(PolicySource::Sidecar)]
 #[case::mesh_config(PolicySource::MeshConfig)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_only_blocks_unknown_hosts_and_allow_any_passes_them(#[case] source: PolicySource) -> anyhow::Result<()> {
+async fn registry_only_blocks_unknown_hosts_and_allow_any_passes_them(
+    #[case] source: PolicySource,
+) -> anyhow::Result<()> {
     // istiod gives the cluster the delimited stat name `PassthroughCluster;` (as Sailplane does).
     const PASSTHROUGH_TAKEN: &str = "cluster.PassthroughCluster;.upstream_cx_none_healthy";
     let dir = ConfigDir::new()?;
@@ -125,7 +129,9 @@ async fn registry_only_blocks_unknown_hosts_and_allow_any_passes_them(#[case] so
         }
         let catch_all = if blocked { "block_all" } else { "allow_any" };
         let vh = wait_virtual_host_with(&mesh.envoy, catch_all, "\"domains\":[\"*\"]").await.map_err(|e| {
-            anyhow::anyhow!("step {step} ({source:?}): route configuration {route_config} should end in {catch_all}: {e:#}")
+            anyhow::anyhow!(
+                "step {step} ({source:?}): route configuration {route_config} should end in {catch_all}: {e:#}"
+            )
         })?;
         let before = counter(&mesh.envoy, PASSTHROUGH_TAKEN).await?;
         let r = send(&unknown).await?;
@@ -147,7 +153,11 @@ async fn registry_only_blocks_unknown_hosts_and_allow_any_passes_them(#[case] so
         // Services in the registry are reachable under either policy.
         expect_backend(&catalog.call("/items"), "catalog").await?;
     }
-    ensure!(catalog.echo.hits() == 2, "catalog received {} requests, expected exactly the 2 for it", catalog.echo.hits());
+    ensure!(
+        catalog.echo.hits() == 2,
+        "catalog received {} requests, expected exactly the 2 for it",
+        catalog.echo.hits()
+    );
     Ok(())
 }
 
@@ -263,6 +273,11 @@ spec:
     let call = Call::new(listen_port, &fqdn("shop", "default"), "/");
     let r = send(&call).await?;
     ensure!(r.status == 404, "{}", report(&call, "status 404: the gateway only serves its Gateway's hosts", &r));
-    ensure!(shop.echo.hits() == 4 && blog.echo.hits() == 3, "backends counted shop {} blog {}, expected 4 and 3", shop.echo.hits(), blog.echo.hits());
+    ensure!(
+        shop.echo.hits() == 4 && blog.echo.hits() == 3,
+        "backends counted shop {} blog {}, expected 4 and 3",
+        shop.echo.hits(),
+        blog.echo.hits()
+    );
     Ok(())
 }

@@ -205,7 +205,9 @@ spec:
     let call = reports.call("/quarterly");
     let r = send(&call).await?;
     ensure!(
-        r.status == 504 && r.elapsed + TIMER_SLACK >= Duration::from_millis(500) && r.elapsed < Duration::from_millis(1500),
+        r.status == 504
+            && r.elapsed + TIMER_SLACK >= Duration::from_millis(500)
+            && r.elapsed < Duration::from_millis(1500),
         "{}",
         report(&call, "status 504 from Envoy after 0.5-1.5 s (the backend needs 2 s)", &r)
     );

@@ -40,7 +40,11 @@ async fn canary_example_splits_80_20_within_tolerance() -> anyhow::Result<()> {
 
     const TESTER_REQUESTS: u32 = 20;
     for i in 0..TESTER_REQUESTS {
-        expect_backend(&Call::new(port, "checkout", &format!("/who?tester={i}")).header("x-canary", "always"), "checkout-canary").await?;
+        expect_backend(
+            &Call::new(port, "checkout", &format!("/who?tester={i}")).header("x-canary", "always"),
+            "checkout-canary",
+        )
+        .await?;
     }
 
     let client = Client::keep_alive()?;
@@ -290,7 +294,8 @@ spec:
     // Without a subset the two pods would share the load; 20 requests each way all land on one.
     for i in 0..20 {
         expect_backend(&Call::new(port, "reviews", &format!("/reviews/{i}")), "reviews-v1").await?;
-        expect_backend(&Call::new(port, "reviews", &format!("/reviews/{i}")).header("end-user", "jason"), "reviews-v2").await?;
+        expect_backend(&Call::new(port, "reviews", &format!("/reviews/{i}")).header("end-user", "jason"), "reviews-v2")
+            .await?;
     }
     ensure!(v1.hits() == 20 && v2.hits() == 20, "pods counted v1 {} v2 {}, expected 20 each", v1.hits(), v2.hits());
     Ok(())
@@ -423,10 +428,7 @@ spec:
     let mesh = Mesh::sidecar(&dir).await?;
     wait_virtual_host_with(&mesh.envoy, &web.vhost(), "\"name\":\"teapot\"").await?;
 
-    let redirects = [
-        ("/old-page", 301, "http://www.example.com/new-page"),
-        ("/catalog", 302, "http://web/v2/catalog"),
-    ];
+    let redirects = [("/old-page", 301, "http://www.example.com/new-page"), ("/catalog", 302, "http://web/v2/catalog")];
     for (path, code, location) in redirects {
         let call = web.call(path);
         let r = send(&call).await?;
@@ -439,7 +441,11 @@ spec:
     let call = web.call("/coffee/espresso");
     let r = expect_status(&call, 418).await?;
     ensure!(r.body == "I'm a teapot", "{}", report(&call, "status 418 with body \"I'm a teapot\"", &r));
-    ensure!(web.echo.hits() == 0, "the backend received {} requests; redirects and direct responses must not reach it", web.echo.hits());
+    ensure!(
+        web.echo.hits() == 0,
+        "the backend received {} requests; redirects and direct responses must not reach it",
+        web.echo.hits()
+    );
     // Anything else still reaches the backend.
     expect_backend(&web.call("/old-page/details"), "web").await?;
     Ok(())

@@ -79,10 +79,7 @@ fn service_objects(i: usize, generation: u32) -> Vec<serde_json::Value> {
 /// The previous slice's mesh for continuity: Services and Pods only (no VirtualServices or
 /// DestinationRules): one cluster per service.
 fn plain_mesh_objects() -> Vec<Object> {
-    (0..SERVICES)
-        .flat_map(|i| service_objects(i, 0).into_iter().take(3))
-        .map(|v| parse_object(v).unwrap())
-        .collect()
+    (0..SERVICES).flat_map(|i| service_objects(i, 0).into_iter().take(3)).map(|v| parse_object(v).unwrap()).collect()
 }
 
 fn mesh_objects(changed: Option<(usize, u32)>) -> Vec<Object> {

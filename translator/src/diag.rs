@@ -43,10 +43,7 @@ impl Diagnostic {
 
     /// A warning on `object` at `field`.
     pub fn warning(object: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Warning,
-            ..Self::error(object, field, message)
-        }
+        Self { severity: Severity::Warning, ..Self::error(object, field, message) }
     }
 
     /// The same diagnostic, attributed to `source` (for example `dir/app.yaml#2`).

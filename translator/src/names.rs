@@ -229,7 +229,10 @@ mod tests {
     fn outbound_cluster_names(#[case] port: u16, #[case] subset: &str, #[case] host: &str, #[case] want: &str) {
         assert_eq!(outbound_cluster(port, subset, host), want);
         let parsed = parse_cluster(want).unwrap();
-        assert_eq!((parsed.direction, parsed.port, parsed.subset, parsed.host), (Direction::Outbound, port, subset, host));
+        assert_eq!(
+            (parsed.direction, parsed.port, parsed.subset, parsed.host),
+            (Direction::Outbound, port, subset, host)
+        );
     }
 
     #[rstest]
@@ -296,7 +299,12 @@ mod tests {
             ["BlackHoleCluster", "PassthroughCluster", "InboundPassthroughCluster", "allow_any", "block_all"]
         );
         assert_eq!(
-            [VIRTUAL_OUTBOUND_LISTENER, VIRTUAL_INBOUND_LISTENER, VIRTUAL_OUTBOUND_BLACKHOLE_CHAIN, VIRTUAL_INBOUND_CATCHALL_HTTP_CHAIN],
+            [
+                VIRTUAL_OUTBOUND_LISTENER,
+                VIRTUAL_INBOUND_LISTENER,
+                VIRTUAL_OUTBOUND_BLACKHOLE_CHAIN,
+                VIRTUAL_INBOUND_CATCHALL_HTTP_CHAIN
+            ],
             ["virtualOutbound", "virtualInbound", "virtualOutbound-blackhole", "virtualInbound-catchall-http"]
         );
     }

@@ -28,13 +28,8 @@ pub enum TypeUrl {
 
 impl TypeUrl {
     /// All types in the order Envoy wants them pushed: CDS, EDS, LDS, RDS, SDS.
-    pub const ALL: [TypeUrl; 5] = [
-        TypeUrl::Cluster,
-        TypeUrl::Endpoint,
-        TypeUrl::Listener,
-        TypeUrl::Route,
-        TypeUrl::Secret,
-    ];
+    pub const ALL: [TypeUrl; 5] =
+        [TypeUrl::Cluster, TypeUrl::Endpoint, TypeUrl::Listener, TypeUrl::Route, TypeUrl::Secret];
 
     /// The full type URL as it appears on the wire.
     pub const fn as_str(self) -> &'static str {
@@ -105,7 +100,10 @@ impl Resource {
         let type_url = M::type_url();
         let value_len = msg.encoded_len() + extra.len();
         let mut buf = Vec::with_capacity(
-            2 + encoded_len_varint(type_url.len() as u64) + type_url.len() + encoded_len_varint(value_len as u64) + value_len,
+            2 + encoded_len_varint(type_url.len() as u64)
+                + type_url.len()
+                + encoded_len_varint(value_len as u64)
+                + value_len,
         );
         encode_key(1, WireType::LengthDelimited, &mut buf);
         encode_varint(type_url.len() as u64, &mut buf);
@@ -117,11 +115,7 @@ impl Resource {
         buf.extend_from_slice(extra);
         let bytes = Bytes::from(buf);
         let version = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
-        Resource {
-            name: name.into(),
-            version,
-            any: bytes,
-        }
+        Resource { name: name.into(), version, any: bytes }
     }
 
     /// The inner message bytes (the `value` of the `Any`).
@@ -197,10 +191,6 @@ impl ResourceSet {
 
     /// Encoded size of all resources, in bytes.
     pub fn encoded_len(&self) -> usize {
-        self.by_type
-            .iter()
-            .flat_map(|m| m.values())
-            .map(|r| r.any.len())
-            .sum()
+        self.by_type.iter().flat_map(|m| m.values()).map(|r| r.any.len()).sum()
     }
 }

@@ -42,15 +42,9 @@ fn read_corpus_text(path: &std::path::Path, name: &str) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut fixed = text.clone();
     for (file, from, to, why) in YAML_FIXUPS.iter().filter(|f| f.0 == name) {
-        assert!(
-            fixed.contains(from),
-            "{file}: fixup text {from:?} no longer present; remove the fixup"
-        );
+        assert!(fixed.contains(from), "{file}: fixup text {from:?} no longer present; remove the fixup");
         let fails = serde_yaml_ng::Deserializer::from_str(&text).any(|d| serde_json::Value::deserialize(d).is_err());
-        assert!(
-            fails,
-            "{file}: the YAML parser now reads {from:?}; remove the fixup ({why})"
-        );
+        assert!(fails, "{file}: the YAML parser now reads {from:?}; remove the fixup ({why})");
         println!("note {file}: reading {from:?} as {to:?}: {why}");
         fixed = fixed.replace(from, to);
     }
@@ -64,11 +58,7 @@ struct Outcome {
 }
 
 fn run_file(path: &std::path::Path) -> Vec<Outcome> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_string();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     let expect_valid = name.ends_with("-valid.yaml");
     let text = read_corpus_text(path, &name);
     let mut outcomes = Vec::new();
@@ -76,12 +66,8 @@ fn run_file(path: &std::path::Path) -> Vec<Outcome> {
         let mut value = serde_json::Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}#{i}: bad yaml: {e}"));
         let Some(map) = value.as_object_mut() else { continue };
         let expected = map.remove("_err").and_then(|v| v.as_str().map(str::to_string));
-        let doc_name = map
-            .get("metadata")
-            .and_then(|m| m.get("name"))
-            .and_then(|n| n.as_str())
-            .unwrap_or("?")
-            .to_string();
+        let doc_name =
+            map.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("?").to_string();
         let label = format!("{name}#{i} ({doc_name})");
         let diags = diagnose(value);
         let errors: Vec<String> = diags

@@ -80,7 +80,8 @@ fn load_case(path: &Path) -> Result<Case, String> {
             continue;
         }
         if value.get("kind").and_then(|k| k.as_str()) == Some("ProxyUnderTest") {
-            let p: ProxyUnderTest = serde_json::from_value(value).map_err(|e| format!("{name}.yaml#{i}: ProxyUnderTest: {e}"))?;
+            let p: ProxyUnderTest =
+                serde_json::from_value(value).map_err(|e| format!("{name}.yaml#{i}: ProxyUnderTest: {e}"))?;
             if proxy.replace(p).is_some() {
                 return Err(format!("{name}.yaml: more than one ProxyUnderTest"));
             }
@@ -117,12 +118,7 @@ fn load_case(path: &Path) -> Result<Case, String> {
     let (world, world_diags) = build_world(&objects, &mesh);
     diagnostics.extend(world_diags);
     let set = build(&world, &profile);
-    Ok(Case {
-        name,
-        profile,
-        set,
-        diagnostics,
-    })
+    Ok(Case { name, profile, set, diagnostics })
 }
 
 /// The expected files of a case, rendered.
@@ -231,10 +227,7 @@ fn inline_secrets(bootstrap: &mut Bootstrap) {
         }
     }
     let data = |s: &str| {
-        Some(DataSource {
-            specifier: Some(data_source::Specifier::InlineString(s.to_string())),
-            ..Default::default()
-        })
+        Some(DataSource { specifier: Some(data_source::Specifier::InlineString(s.to_string())), ..Default::default() })
     };
     for (name, is_cert) in names {
         let r#type = if is_cert {
@@ -307,10 +300,7 @@ fn golden() {
             }
         };
         let name = &case.name;
-        let has_errors = case
-            .diagnostics
-            .iter()
-            .any(|d| d.severity == sailplane_translator::diag::Severity::Error);
+        let has_errors = case.diagnostics.iter().any(|d| d.severity == sailplane_translator::diag::Severity::Error);
         if name.ends_with("-invalid") && !has_errors {
             failures.push(format!("{name}: an -invalid case must produce at least one error diagnostic"));
         }

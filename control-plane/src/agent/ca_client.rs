@@ -10,8 +10,8 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use sailplane_proto::istio::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use sailplane_proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient;
+use sailplane_proto::istio::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -75,8 +75,8 @@ impl CaClient {
         let bad = |reason: String| CaClientError::Address { addr: addr.to_string(), reason };
         let (host, _) = split_host_port(addr).ok_or_else(|| bad("must be host:port".into()))?;
         let name = server_name.unwrap_or(host);
-        let server_name = ServerName::try_from(name.to_string())
-            .map_err(|e| bad(format!("server name {name:?}: {e}")))?;
+        let server_name =
+            ServerName::try_from(name.to_string()).map_err(|e| bad(format!("server name {name:?}: {e}")))?;
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| CaClientError::Root(TlsError::Config(e.to_string())))?
@@ -98,7 +98,8 @@ impl CaClient {
     pub async fn sign(&self, csr_pem: String, ttl: Duration, token: &str) -> Result<Vec<String>, CaClientError> {
         let call = |status| CaClientError::Call { addr: self.addr.clone(), status };
         let validity_duration = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        let mut request = tonic::Request::new(IstioCertificateRequest { csr: csr_pem, validity_duration, metadata: None });
+        let mut request =
+            tonic::Request::new(IstioCertificateRequest { csr: csr_pem, validity_duration, metadata: None });
         let header = format!("Bearer {token}")
             .parse()
             .map_err(|_| call(tonic::Status::invalid_argument("the token is not a valid header value")))?;

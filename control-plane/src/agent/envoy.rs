@@ -178,7 +178,10 @@ pub fn render(options: &AgentBootstrap) -> Result<String, EnvoyError> {
             .find(|c| c.get("name").and_then(Value::as_str) == Some(XDS_CLUSTER))
             .and_then(Value::as_mapping_mut)
             .ok_or_else(|| EnvoyError::Bootstrap(format!("base bootstrap has no {XDS_CLUSTER} cluster")))?;
-        xds.insert(Value::from("transport_socket"), mtls_upstream_transport_socket(&tls.server_name, &tls.root_secret)?);
+        xds.insert(
+            Value::from("transport_socket"),
+            mtls_upstream_transport_socket(&tls.server_name, &tls.root_secret)?,
+        );
     }
     clusters.push(sds_cluster(&absolute(&options.sds_socket))?);
     let body = serde_yaml_ng::to_string(&doc).map_err(|e| EnvoyError::Bootstrap(e.to_string()))?;
@@ -265,7 +268,11 @@ async fn stop(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
 
 /// Runs Envoy until `shutdown` completes, restarting it (with backoff) whenever it exits. On
 /// shutdown Envoy gets SIGTERM, then SIGKILL after `grace`.
-pub async fn supervise(command: EnvoyCommand, grace: Duration, shutdown: impl Future<Output = ()>) -> Result<(), EnvoyError> {
+pub async fn supervise(
+    command: EnvoyCommand,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), EnvoyError> {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = Backoff { next: Backoff::FIRST };
     loop {
@@ -343,7 +350,10 @@ mod tests {
             Value::from("ROOTCA")
         );
         assert_eq!(doc["node"]["metadata"]["NAMESPACE"], Value::from("ns"));
-        assert!(doc["node"]["metadata"].get(crate::proxy::NO_WORKLOAD_CERT_KEY).is_none(), "the agent serves certificates");
+        assert!(
+            doc["node"]["metadata"].get(crate::proxy::NO_WORKLOAD_CERT_KEY).is_none(),
+            "the agent serves certificates"
+        );
 
         let plain = AgentBootstrap { xds_tls: None, ..opts };
         let doc: Value = serde_yaml_ng::from_str(&render(&plain).unwrap()).unwrap();

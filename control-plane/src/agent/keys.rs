@@ -1,7 +1,9 @@
 //! The workload's private key and certificate signing request. The key is made here and never sent
 //! anywhere: only the CSR (public key plus the requested SPIFFE URI) goes to the CA.
 
-use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, PublicKeyData, SanType};
+use rcgen::{
+    CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, PublicKeyData, SanType,
+};
 use rsa::pkcs8::EncodePrivateKey;
 use rustls::pki_types::PrivatePkcs8KeyDer;
 

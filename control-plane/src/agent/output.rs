@@ -87,7 +87,11 @@ mod tests {
         let meta = std::fs::metadata(out.join(KEY_FILE)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_ne!(std::os::unix::fs::MetadataExt::ino(&meta), key_inode, "replaced by rename, not rewritten");
-        let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 }

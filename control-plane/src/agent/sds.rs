@@ -142,7 +142,8 @@ impl SdsService {
 
     /// The SotW response for `names`: the available ones, and a version naming exactly their content.
     fn sotw_response(&self, names: &BTreeSet<String>) -> Option<DiscoveryResponse> {
-        let resolved: Vec<(&String, Resolved)> = names.iter().filter_map(|n| resolve(&self.cache, n).map(|r| (n, r))).collect();
+        let resolved: Vec<(&String, Resolved)> =
+            names.iter().filter_map(|n| resolve(&self.cache, n).map(|r| (n, r))).collect();
         if resolved.is_empty() {
             return None;
         }
@@ -162,7 +163,11 @@ impl SdsService {
         })
     }
 
-    async fn run_sotw(self, mut requests: Streaming<DiscoveryRequest>, tx: mpsc::Sender<Result<DiscoveryResponse, Status>>) {
+    async fn run_sotw(
+        self,
+        mut requests: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) {
         let mut changes = self.cache.changes();
         let mut names: BTreeSet<String> = BTreeSet::new();
         let mut subscribed = false;

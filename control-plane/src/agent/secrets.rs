@@ -102,7 +102,10 @@ impl std::fmt::Debug for SecretCache {
 }
 
 fn inline(bytes: &str) -> Option<DataSource> {
-    Some(DataSource { specifier: Some(data_source::Specifier::InlineBytes(bytes.as_bytes().to_vec())), ..Default::default() })
+    Some(DataSource {
+        specifier: Some(data_source::Specifier::InlineBytes(bytes.as_bytes().to_vec())),
+        ..Default::default()
+    })
 }
 
 fn tls_certificate(name: &str, chain: &str, key: &str) -> Secret {
@@ -298,6 +301,9 @@ mod tests {
 
         std::fs::write(&cert_path, "half-written").unwrap();
         assert!(matches!(cache.resolve(&name), Err(SecretError::File { .. })));
-        assert!(matches!(cache.resolve("file-root:/no/such/file.pem"), Err(SecretError::File { .. }) | Err(SecretError::Watch { .. })));
+        assert!(matches!(
+            cache.resolve("file-root:/no/such/file.pem"),
+            Err(SecretError::File { .. }) | Err(SecretError::Watch { .. })
+        ));
     }
 }

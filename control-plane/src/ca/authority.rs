@@ -201,7 +201,8 @@ impl Authority {
         dn.push(DnType::OrganizationName, options.trust_domain.clone());
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(1);
         params.not_after = now + options.root_ttl;
@@ -212,7 +213,13 @@ impl Authority {
 
     /// A CA from PEM text: the signing certificate and its key, the root (first certificate of
     /// `root`), and the chain between them (may be empty).
-    pub fn from_pem(ca_cert: &str, ca_key: &str, root: &str, chain: &str, options: CaOptions) -> Result<Authority, CaError> {
+    pub fn from_pem(
+        ca_cert: &str,
+        ca_key: &str,
+        root: &str,
+        chain: &str,
+        options: CaOptions,
+    ) -> Result<Authority, CaError> {
         let key = KeyPair::from_pem(ca_key).map_err(|e| material(CA_KEY, e))?;
         let issuer = Issuer::from_ca_cert_pem(ca_cert, key).map_err(|e| material(CA_CERT, e))?;
         let not_after = not_after_of(ca_cert, CA_CERT)?;
@@ -244,7 +251,12 @@ impl Authority {
 
     /// Signs `csr_pem` for `identity`. `requested_ttl` of `None` or zero means the default lifetime.
     /// Returns the chain: leaf first, then intermediates, root last.
-    pub fn sign_csr(&self, csr_pem: &str, identity: &Identity, requested_ttl: Option<Duration>) -> Result<Vec<String>, CaError> {
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        requested_ttl: Option<Duration>,
+    ) -> Result<Vec<String>, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadCsr(e.to_string()))?;
         let want = identity.spiffe_uri();
         for san in &csr.params.subject_alt_names {
@@ -267,7 +279,11 @@ impl Authority {
             }
             Some(d) => d,
         };
-        let leaf = self.leaf_params(vec![SanType::URI(want.clone().try_into().map_err(|e| CaError::Sign(format!("{e}")))?)], ttl, true);
+        let leaf = self.leaf_params(
+            vec![SanType::URI(want.clone().try_into().map_err(|e| CaError::Sign(format!("{e}")))?)],
+            ttl,
+            true,
+        );
         let cert = leaf.signed_by(&csr.public_key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
         let mut chain = vec![cert.pem()];
         chain.extend(self.chain_after_leaf.iter().cloned());
@@ -340,7 +356,11 @@ mod tests {
     use x509_parser::extensions::GeneralName;
 
     fn identity() -> Identity {
-        Identity { trust_domain: "cluster.local".into(), namespace: "bookinfo".into(), service_account: "reviews".into() }
+        Identity {
+            trust_domain: "cluster.local".into(),
+            namespace: "bookinfo".into(),
+            service_account: "reviews".into(),
+        }
     }
 
     fn csr(sans: Vec<String>) -> String {
@@ -362,10 +382,16 @@ mod tests {
         let uris = cert
             .subject_alternative_name()
             .unwrap()
-            .map(|s| s.value.general_names.iter().filter_map(|g| match g {
-                GeneralName::URI(u) => Some(u.to_string()),
-                _ => None,
-            }).collect())
+            .map(|s| {
+                s.value
+                    .general_names
+                    .iter()
+                    .filter_map(|g| match g {
+                        GeneralName::URI(u) => Some(u.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         (uris, cert.validity().not_before.to_datetime(), cert.validity().not_after.to_datetime())
     }
@@ -382,14 +408,18 @@ mod tests {
         let (uris, nb, na) = parse(&chain[0]);
         assert_eq!(uris, vec!["spiffe://cluster.local/ns/bookinfo/sa/reviews".to_string()]);
         let life = na - nb;
-        assert!(life >= time::Duration::hours(24) && life <= time::Duration::hours(24) + time::Duration::minutes(2), "{life}");
+        assert!(
+            life >= time::Duration::hours(24) && life <= time::Duration::hours(24) + time::Duration::minutes(2),
+            "{life}"
+        );
         // The leaf verifies against the root's key.
         let root_der = pem::parse(ca.root_pem()).unwrap();
         let (_, root) = x509_parser::parse_x509_certificate(root_der.contents()).unwrap();
         let leaf_der = pem::parse(&chain[0]).unwrap();
         let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der.contents()).unwrap();
         leaf.verify_signature(Some(root.public_key())).expect("signed by the root");
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path().join(CA_KEY)).unwrap().permissions());
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path().join(CA_KEY)).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -397,7 +427,8 @@ mod tests {
     fn identity_comes_from_the_caller_not_the_csr() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Authority::load_or_create_self_signed(dir.path(), CaOptions::default()).unwrap();
-        let err = ca.sign_csr(&csr_uri("spiffe://cluster.local/ns/kube-system/sa/admin"), &identity(), None).unwrap_err();
+        let err =
+            ca.sign_csr(&csr_uri("spiffe://cluster.local/ns/kube-system/sa/admin"), &identity(), None).unwrap_err();
         assert!(matches!(err, CaError::IdentityMismatch { .. }), "{err}");
         let err = ca.sign_csr(&csr(vec!["evil.example.com".into()]), &identity(), None).unwrap_err();
         assert!(matches!(err, CaError::IdentityMismatch { .. }), "{err}");

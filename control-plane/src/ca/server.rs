@@ -130,9 +130,7 @@ pub struct CaService {
 /// "no token", so a client that gets its header wrong is told so.
 fn bearer_token(metadata: &MetadataMap) -> Result<Option<&str>, Status> {
     let Some(value) = metadata.get("authorization") else { return Ok(None) };
-    let value = value
-        .to_str()
-        .map_err(|_| Status::unauthenticated("authorization header is not valid ASCII"))?;
+    let value = value.to_str().map_err(|_| Status::unauthenticated("authorization header is not valid ASCII"))?;
     let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {

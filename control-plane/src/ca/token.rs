@@ -123,7 +123,8 @@ impl TokenAuthority {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map_err(|e| TokenError::Invalid(e.to_string()))?;
         let c = data.claims;
-        let expected_sub = format!("system:serviceaccount:{}:{}", c.kubernetes.namespace, c.kubernetes.serviceaccount.name);
+        let expected_sub =
+            format!("system:serviceaccount:{}:{}", c.kubernetes.namespace, c.kubernetes.serviceaccount.name);
         if c.sub != expected_sub || c.kubernetes.namespace.is_empty() || c.kubernetes.serviceaccount.name.is_empty() {
             return Err(TokenError::Invalid("subject does not name a service account".into()));
         }

@@ -193,7 +193,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let mut agent = Agent::start(manager, &args.sds_socket)?;
     if args.run_envoy {
-        let command = EnvoyCommand { bin: args.envoy_bin.clone(), config: bootstrap_path, args: args.envoy_args.clone() };
+        let command =
+            EnvoyCommand { bin: args.envoy_bin.clone(), config: bootstrap_path, args: args.envoy_args.clone() };
         tokio::select! {
             r = envoy::supervise(command, args.termination_drain_duration, terminated()) => r?,
             r = agent.failed() => r?,

@@ -54,10 +54,7 @@ pub struct Report {
 impl Report {
     /// Number of errors.
     pub fn errors(&self) -> usize {
-        self.diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count()
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count()
     }
 
     /// 1 when there is an error, else 0.
@@ -70,15 +67,9 @@ impl Report {
         let errors = self.errors();
         let warnings = self.diagnostics.len() - errors;
         if self.diagnostics.is_empty() {
-            format!(
-                "no validation issues found ({} objects in {} files)",
-                self.objects, self.files
-            )
+            format!("no validation issues found ({} objects in {} files)", self.objects, self.files)
         } else {
-            format!(
-                "{errors} errors, {warnings} warnings ({} objects in {} files)",
-                self.objects, self.files
-            )
+            format!("{errors} errors, {warnings} warnings ({} objects in {} files)", self.objects, self.files)
         }
     }
 }
@@ -89,10 +80,7 @@ pub fn analyze(paths: &[PathBuf]) -> anyhow::Result<Report> {
     for p in paths {
         collect_files(p, &mut files)?;
     }
-    let mut report = Report {
-        files: files.len(),
-        ..Report::default()
-    };
+    let mut report = Report { files: files.len(), ..Report::default() };
     // Objects with the file they came from, so cross-object findings can name it too.
     let mut objects: Vec<(String, Object)> = Vec::new();
     for f in &files {
@@ -101,9 +89,7 @@ pub fn analyze(paths: &[PathBuf]) -> anyhow::Result<Report> {
         let (objs, diags) = parse_documents(&source, &text);
         report.diagnostics.extend(diags);
         for o in objs {
-            report
-                .diagnostics
-                .extend(validate_object(&o).into_iter().map(|d| d.with_source(source.clone())));
+            report.diagnostics.extend(validate_object(&o).into_iter().map(|d| d.with_source(source.clone())));
             objects.push((source.clone(), o));
         }
     }
@@ -137,11 +123,7 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     for e in entries {
         if e.is_dir() {
             collect_files(&e, out)?;
-        } else if e
-            .extension()
-            .and_then(|x| x.to_str())
-            .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"))
-        {
+        } else if e.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x, "yaml" | "yml" | "json")) {
             out.push(e);
         }
     }
@@ -229,16 +211,9 @@ spec:
             .iter()
             .find(|l| l.contains("spec.http[0].route[0].weight"))
             .unwrap_or_else(|| panic!("no weight error in {lines:?}"));
-        assert!(
-            weight.starts_with(&format!("{}: error: VirtualService default/broken: ", bad.display())),
-            "{weight}"
-        );
+        assert!(weight.starts_with(&format!("{}: error: VirtualService default/broken: ", bad.display())), "{weight}");
         // Two VirtualServices for one mesh host: a warning on each, not an error.
-        assert_eq!(
-            lines.iter().filter(|l| l.contains("define the same host")).count(),
-            2,
-            "{lines:?}"
-        );
+        assert_eq!(lines.iter().filter(|l| l.contains("define the same host")).count(), 2, "{lines:?}");
         assert!(lines.iter().all(|l| !l.contains('\n')));
     }
 

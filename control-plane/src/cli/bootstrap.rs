@@ -153,16 +153,13 @@ fn default_pod() -> String {
 
 /// Splits `host:port` (or `[v6]:port`) into host and port.
 fn split_address(addr: &str) -> anyhow::Result<(String, u16)> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .with_context(|| format!("--xds-address {addr:?} must be host:port"))?;
+    let (host, port) = addr.rsplit_once(':').with_context(|| format!("--xds-address {addr:?} must be host:port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         bail!("--xds-address {addr:?} has an empty host");
     }
-    let port: u16 = port
-        .parse()
-        .with_context(|| format!("--xds-address {addr:?}: port {port:?} is not a number 0-65535"))?;
+    let port: u16 =
+        port.parse().with_context(|| format!("--xds-address {addr:?}: port {port:?} is not a number 0-65535"))?;
     Ok((host.to_string(), port))
 }
 
@@ -419,7 +416,10 @@ mod tests {
     fn ipv6_addresses() -> anyhow::Result<()> {
         let doc = rendered(&["--pod", "p", "--ip", "fd00::7", "--xds-address", "[::1]:15010"])?;
         assert_eq!(s(&doc, "node.id"), "sidecar~fd00::7~p.default~default.svc.cluster.local");
-        let sa = get(&doc, "static_resources.clusters.0.load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address");
+        let sa = get(
+            &doc,
+            "static_resources.clusters.0.load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address",
+        );
         assert_eq!(s(sa, "address"), "::1");
         Ok(())
     }
@@ -461,8 +461,9 @@ mod tests {
     /// Envoy as the project's tests find it: `ENVOY_BIN`, the setup script's venv, then `PATH`.
     /// A missing Envoy fails the test: a skipped check would read as a pass.
     fn envoy_bin() -> PathBuf {
-        crate::agent::envoy::locate(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-            .unwrap_or_else(|| panic!("Envoy not found: set ENVOY_BIN, or run scripts/setup.sh to install it into .venv"))
+        crate::agent::envoy::locate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).unwrap_or_else(|| {
+            panic!("Envoy not found: set ENVOY_BIN, or run scripts/setup.sh to install it into .venv")
+        })
     }
 
     #[rstest]

@@ -33,22 +33,41 @@ const STORAGE_VERSION: &str = "v1";
 
 /// `kubectl get` columns per kind, as Istio's CRDs show them.
 fn printer_columns(kind: &str) -> Vec<Value> {
-    let col = |name: &str, path: &str, ty: &str, desc: &str| {
-        json!({"name": name, "jsonPath": path, "type": ty, "description": desc})
-    };
+    let col = |name: &str, path: &str, ty: &str, desc: &str| json!({"name": name, "jsonPath": path, "type": ty, "description": desc});
     let mut cols = match kind {
         "VirtualService" => vec![
-            col("Gateways", ".spec.gateways", "string", "The names of gateways and sidecars that should apply these routes"),
+            col(
+                "Gateways",
+                ".spec.gateways",
+                "string",
+                "The names of gateways and sidecars that should apply these routes",
+            ),
             col("Hosts", ".spec.hosts", "string", "The destination hosts to which traffic is being sent"),
         ],
-        "DestinationRule" => vec![col("Host", ".spec.host", "string", "The name of a service from the service registry")],
+        "DestinationRule" => {
+            vec![col("Host", ".spec.host", "string", "The name of a service from the service registry")]
+        }
         "ServiceEntry" => vec![
             col("Hosts", ".spec.hosts", "string", "The hosts associated with the ServiceEntry"),
-            col("Location", ".spec.location", "string", "Whether the service is external to the mesh or part of the mesh (MESH_EXTERNAL or MESH_INTERNAL)"),
-            col("Resolution", ".spec.resolution", "string", "Service resolution mode for the hosts (NONE, STATIC, or DNS)"),
+            col(
+                "Location",
+                ".spec.location",
+                "string",
+                "Whether the service is external to the mesh or part of the mesh (MESH_EXTERNAL or MESH_INTERNAL)",
+            ),
+            col(
+                "Resolution",
+                ".spec.resolution",
+                "string",
+                "Service resolution mode for the hosts (NONE, STATIC, or DNS)",
+            ),
         ],
-        "WorkloadEntry" => vec![col("Address", ".spec.address", "string", "Address associated with the network endpoint")],
-        "PeerAuthentication" => vec![col("Mode", ".spec.mtls.mode", "string", "Defines the mTLS mode used for peer authentication")],
+        "WorkloadEntry" => {
+            vec![col("Address", ".spec.address", "string", "Address associated with the network endpoint")]
+        }
+        "PeerAuthentication" => {
+            vec![col("Mode", ".spec.mtls.mode", "string", "Defines the mTLS mode used for peer authentication")]
+        }
         _ => vec![],
     };
     cols.push(col("Age", ".metadata.creationTimestamp", "date", "Time since creation"));
@@ -137,9 +156,8 @@ mod tests {
     #[test]
     fn every_kind_once_with_v1_stored() {
         let text = render().unwrap();
-        let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
-            .map(|d| serde::Deserialize::deserialize(d).unwrap())
-            .collect();
+        let docs: Vec<Value> =
+            serde_yaml_ng::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
         assert_eq!(docs.len(), ISTIO_KINDS.len());
         for d in &docs {
             let versions = d["spec"]["versions"].as_array().unwrap();

@@ -19,11 +19,11 @@ use crate::metrics::Metrics;
 use crate::push::{Debounce, Pusher};
 use crate::sources::files::{self, FileSource};
 use crate::sources::kube::{self as kube_source, KubeArgs, KubeSource, KubeSourceOptions};
+use crate::store::Store;
 use crate::webhook::inject::InjectorConfig;
+use crate::webhook::{WebhookArgs, WebhookServer, WebhookState};
 use crate::xds::sds::KubernetesAccess;
 use crate::xds::{SameNamespace, SdsConfig, SecretAuthorizer};
-use crate::webhook::{WebhookArgs, WebhookServer, WebhookState};
-use crate::store::Store;
 
 /// Flags of `sailplane discovery`.
 #[derive(Debug, Clone, clap::Args)]
@@ -203,7 +203,8 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     let (mesh, initial_mesh) = match (&args.mesh_config, &kube_client) {
         (Some(p), _) => (load_mesh_config(p)?, None),
         (None, Some(client)) => {
-            match kube_source::read_mesh_config(client, &args.kube.istio_namespace, kube_source::MESH_CONFIGMAP).await? {
+            match kube_source::read_mesh_config(client, &args.kube.istio_namespace, kube_source::MESH_CONFIGMAP).await?
+            {
                 Some((mesh, text)) => (mesh, Some(text)),
                 None => (MeshConfig::default(), None),
             }
@@ -266,12 +267,15 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     // namespace's Secrets: the same namespace in file mode; in Kubernetes also a
     // SubjectAccessReview (`list secrets`), as istiod asks.
     let authorizer: Arc<dyn SecretAuthorizer> = match &kube_client {
-        Some(client) => Arc::new(KubernetesAccess::new(Arc::new(kube_source::review::SubjectAccessReviewer::new(client.clone())))),
+        Some(client) => {
+            Arc::new(KubernetesAccess::new(Arc::new(kube_source::review::SubjectAccessReviewer::new(client.clone()))))
+        }
         None => Arc::new(SameNamespace),
     };
     xds.serve_secrets(SdsConfig { secrets: pusher.secrets(), authorizer });
     let status = xds.status();
-    let admin_state = AdminState { store: Arc::clone(&store), pusher: Arc::clone(&pusher), status, registry: Arc::new(registry) };
+    let admin_state =
+        AdminState { store: Arc::clone(&store), pusher: Arc::clone(&pusher), status, registry: Arc::new(registry) };
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(dir) = &args.config {

@@ -97,8 +97,19 @@ mod tests {
     fn created_tokens_verify_with_the_same_dir() {
         let dir = tempfile::tempdir().unwrap();
         let ca_dir = dir.path().to_str().unwrap();
-        let cli = Cli::try_parse_from(["token", "create", "-n", "bookinfo", "--service-account", "reviews", "--ttl", "1h", "--ca-dir", ca_dir])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "token",
+            "create",
+            "-n",
+            "bookinfo",
+            "--service-account",
+            "reviews",
+            "--ttl",
+            "1h",
+            "--ca-dir",
+            ca_dir,
+        ])
+        .unwrap();
         let TokenCommand::Create(c) = &cli.args.command;
         let token = create(c).unwrap();
         let subject = TokenAuthority::load_or_create(dir.path()).unwrap().verify(&token).unwrap();

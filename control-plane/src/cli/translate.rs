@@ -90,16 +90,14 @@ pub fn render(args: &TranslateArgs) -> anyhow::Result<String> {
     let node = Node {
         id: id.clone(),
         metadata: Some(node_metadata(
-            &[
-                ("SERVICE_ACCOUNT", args.service_account.clone()),
-                ("INTERCEPTION_MODE", args.interception_mode.clone()),
-            ],
+            &[("SERVICE_ACCOUNT", args.service_account.clone()), ("INTERCEPTION_MODE", args.interception_mode.clone())],
             &labels,
         )),
         ..Default::default()
     };
     let proxy = ProxyInfo::from_node(Some(&node))?;
-    let cluster = format!("{}.{}", labels.get("app").cloned().unwrap_or_else(|| proxy.pod.clone()), proxy.profile.namespace);
+    let cluster =
+        format!("{}.{}", labels.get("app").cloned().unwrap_or_else(|| proxy.pod.clone()), proxy.profile.namespace);
     let resources = build(&world, &proxy.profile);
     let bootstrap = static_bootstrap(&resources, &id, &cluster).map_err(|e| anyhow::anyhow!("{e}"))?;
     let json = sailplane_proto::message_to_json("envoy.config.bootstrap.v3.Bootstrap", &bootstrap.encode_to_vec())

@@ -1,8 +1,8 @@
 //! Reading multi-document YAML (or JSON) text into typed objects and diagnostics.
 
-use serde::Deserialize;
 use sailplane_translator::Diagnostic;
 use sailplane_translator::api::{Object, parse_object};
+use serde::Deserialize;
 
 /// Parses every document of `text`. `source` names the text in diagnostics (a file path); each
 /// diagnostic's source is `<source>#<document index>` (0-based), or `<source>:<line>` for syntax

@@ -140,7 +140,12 @@ impl AdmissionResponse {
 impl AdmissionReview {
     /// The review carrying `response`, in the request's version.
     pub fn answer(response: AdmissionResponse) -> Self {
-        Self { api_version: API_VERSION.into(), kind: "AdmissionReview".into(), request: None, response: Some(response) }
+        Self {
+            api_version: API_VERSION.into(),
+            kind: "AdmissionReview".into(),
+            request: None,
+            response: Some(response),
+        }
     }
 }
 

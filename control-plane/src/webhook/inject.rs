@@ -132,11 +132,7 @@ fn annotation_error(annotation: &str, message: impl Into<String>) -> InjectError
 /// empty means "not set", anything else means no.
 fn inject_value(v: &str) -> Option<bool> {
     let v = v.trim().to_ascii_lowercase();
-    if v.is_empty() {
-        None
-    } else {
-        Some(matches!(v.as_str(), "y" | "yes" | "true" | "on"))
-    }
+    if v.is_empty() { None } else { Some(matches!(v.as_str(), "y" | "yes" | "true" | "on")) }
 }
 
 /// Decides whether `pod` in `namespace` is injected. `namespace_labels` is `None` when the namespace
@@ -185,7 +181,8 @@ fn pointer_key(key: &str) -> String {
 
 /// `proxyMetadata` of the `proxy.istio.io/config` annotation.
 fn annotation_proxy_metadata(text: &str) -> Result<BTreeMap<String, String>, InjectError> {
-    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| annotation_error(PROXY_CONFIG, format!("invalid yaml: {e}")))?;
+    let value: Value =
+        serde_yaml_ng::from_str(text).map_err(|e| annotation_error(PROXY_CONFIG, format!("invalid yaml: {e}")))?;
     let Some(config) = value.as_object() else {
         if value.is_null() {
             return Ok(BTreeMap::new());
@@ -214,7 +211,8 @@ fn annotation_proxy_metadata(text: &str) -> Result<BTreeMap<String, String>, Inj
 /// Items of a `userVolume`/`userVolumeMount` annotation: the object form `{"name": {...}}` (names in
 /// sorted order, as Istio's template ranges over the map) or the array form `[{"name": ...}]`.
 fn named_items(annotation: &str, text: &str) -> Result<Vec<Map<String, Value>>, InjectError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| annotation_error(annotation, format!("invalid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| annotation_error(annotation, format!("invalid JSON: {e}")))?;
     let shape = r#"expected a JSON object {"name": {...}} or a JSON array [{"name": "...", ...}]"#;
     match value {
         Value::Object(map) => {
@@ -297,7 +295,9 @@ fn capture_rules(annotations: &BTreeMap<String, String>) -> Result<CaptureRules,
         match name.rsplit('/').next().unwrap_or_default() {
             "includeInboundPorts" => rules.include_inbound_ports = iptables::parse_port_selection(v).map_err(err)?,
             "excludeInboundPorts" => rules.exclude_inbound_ports = iptables::parse_ports(v).map_err(err)?,
-            "includeOutboundIPRanges" => rules.include_outbound_ranges = iptables::parse_cidr_selection(v).map_err(err)?,
+            "includeOutboundIPRanges" => {
+                rules.include_outbound_ranges = iptables::parse_cidr_selection(v).map_err(err)?
+            }
             "excludeOutboundIPRanges" => rules.exclude_outbound_ranges = iptables::parse_cidrs(v).map_err(err)?,
             "includeOutboundPorts" => rules.include_outbound_ports = iptables::parse_ports(v).map_err(err)?,
             _ => rules.exclude_outbound_ports = iptables::parse_ports(v).map_err(err)?,
@@ -545,10 +545,16 @@ mod tests {
     #[test]
     fn both_user_volume_forms_give_the_same_volumes() {
         let object = labels(&[(USER_VOLUME, r#"{"certs": {"secret": {"secretName": "c"}}, "a": {"emptyDir": {}}}"#)]);
-        let array = labels(&[(USER_VOLUME, r#"[{"name": "a", "emptyDir": {}}, {"name": "certs", "secret": {"secretName": "c"}}]"#)]);
+        let array = labels(&[(
+            USER_VOLUME,
+            r#"[{"name": "a", "emptyDir": {}}, {"name": "certs", "secret": {"secretName": "c"}}]"#,
+        )]);
         assert_eq!(user_volumes(&object).unwrap(), user_volumes(&array).unwrap());
         let mounts = labels(&[(USER_VOLUME_MOUNT, r#"{"certs": {"mountPath": "/c", "readonly": true}}"#)]);
-        assert_eq!(user_volume_mounts(&mounts).unwrap(), vec![json!({"name": "certs", "mountPath": "/c", "readOnly": true})]);
+        assert_eq!(
+            user_volume_mounts(&mounts).unwrap(),
+            vec![json!({"name": "certs", "mountPath": "/c", "readOnly": true})]
+        );
     }
 
     #[test]

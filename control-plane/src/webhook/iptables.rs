@@ -249,7 +249,8 @@ mod tests {
 
     #[test]
     fn empty_inbound_ports_disable_inbound_capture() {
-        let rules = CaptureRules { include_inbound_ports: parse_port_selection("").unwrap(), ..CaptureRules::default() };
+        let rules =
+            CaptureRules { include_inbound_ports: parse_port_selection("").unwrap(), ..CaptureRules::default() };
         let r = restore_input(&rules);
         assert!(!r.contains("PREROUTING"));
         assert!(!r.contains("-j ISTIO_IN_REDIRECT"), "{r}");

@@ -119,7 +119,11 @@ pub struct WebhookState {
 
 impl InjectorConfig {
     /// Injection settings from the flags, the system namespace and the mesh config.
-    pub fn from_args(args: &WebhookArgs, istio_namespace: &str, mesh: &sailplane_translator::model::MeshConfig) -> Self {
+    pub fn from_args(
+        args: &WebhookArgs,
+        istio_namespace: &str,
+        mesh: &sailplane_translator::model::MeshConfig,
+    ) -> Self {
         Self {
             image: args.proxy_image.clone(),
             image_pull_policy: args.proxy_image_pull_policy.clone(),
@@ -157,11 +161,8 @@ impl WebhookServer {
             (Some(cert), Some(key)) => tls::from_files(cert, key)?,
             _ => {
                 warn!("no --webhook-cert/--webhook-key: serving the webhooks with a generated self-signed certificate");
-                let names = vec![
-                    format!("istiod.{istio_namespace}.svc"),
-                    "localhost".to_string(),
-                    "127.0.0.1".to_string(),
-                ];
+                let names =
+                    vec![format!("istiod.{istio_namespace}.svc"), "localhost".to_string(), "127.0.0.1".to_string()];
                 tls::self_signed(&names)?.0
             }
         };
@@ -193,17 +194,9 @@ pub fn inject_review(state: &WebhookState, req: &AdmissionRequest) -> AdmissionR
         Ok(p) => p,
         Err(e) => return AdmissionResponse::deny(&req.uid, format!("sidecar injection: not a pod: {e}")),
     };
-    let namespace = req
-        .namespace
-        .clone()
-        .or_else(|| pod.metadata.namespace.clone())
-        .unwrap_or_else(|| "default".to_string());
-    let pod_name = pod
-        .metadata
-        .name
-        .clone()
-        .or_else(|| pod.metadata.generate_name.clone())
-        .unwrap_or_default();
+    let namespace =
+        req.namespace.clone().or_else(|| pod.metadata.namespace.clone()).unwrap_or_else(|| "default".to_string());
+    let pod_name = pod.metadata.name.clone().or_else(|| pod.metadata.generate_name.clone()).unwrap_or_default();
     match inject::decide(&pod, &namespace, state.namespaces.labels(&namespace).as_ref()) {
         Decision::Skip(reason) => {
             debug!(namespace = %namespace, pod = %pod_name, reason = %reason, "not injected");
@@ -238,7 +231,11 @@ pub fn handle(state: &WebhookState, method: &Method, path: &str, body: &[u8]) ->
     if review.api_version != admission::API_VERSION {
         return (
             StatusCode::BAD_REQUEST,
-            error_body(&format!("unsupported AdmissionReview version {:?}; use {}", review.api_version, admission::API_VERSION)),
+            error_body(&format!(
+                "unsupported AdmissionReview version {:?}; use {}",
+                review.api_version,
+                admission::API_VERSION
+            )),
         );
     }
     let Some(req) = review.request else {
@@ -296,9 +293,8 @@ pub async fn serve(
                 }
             };
             let service = hyper::service::service_fn(move |req| respond(Arc::clone(&state), req));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls_stream), service)
-                .await
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls_stream), service).await
             {
                 debug!(%peer, error = %e, "webhook connection ended with an error");
             }
@@ -321,7 +317,8 @@ mod tests {
         assert_eq!(handle(&s, &Method::POST, "/mutate", b"{}").0, StatusCode::NOT_FOUND);
         assert_eq!(handle(&s, &Method::GET, "/inject", b"").0, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(handle(&s, &Method::POST, "/inject", b"nope").0, StatusCode::BAD_REQUEST);
-        let v1beta1 = br#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {"uid": "x"}}"#;
+        let v1beta1 =
+            br#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {"uid": "x"}}"#;
         assert_eq!(handle(&s, &Method::POST, "/validate", v1beta1).0, StatusCode::BAD_REQUEST);
         assert_eq!(handle(&s, &Method::GET, "/ready", b"").0, StatusCode::OK);
     }

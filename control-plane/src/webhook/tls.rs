@@ -86,7 +86,9 @@ impl ResolvesServerCert for FileResolver {
                         loaded.modified = now;
                     }
                     // A rotation writes two files; a half-written pair is retried on the next check.
-                    Err(e) => warn!(error = %e, "webhook certificate changed but cannot be loaded; keeping the old one"),
+                    Err(e) => {
+                        warn!(error = %e, "webhook certificate changed but cannot be loaded; keeping the old one")
+                    }
                 }
             }
         }

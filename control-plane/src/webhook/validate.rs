@@ -88,7 +88,10 @@ mod tests {
         let resp = review(&request("CREATE", "networking.istio.io", bad.clone()));
         assert!(!resp.allowed);
         let msg = resp.status.unwrap().message;
-        assert!(msg.starts_with("configuration is invalid: VirtualService default/r: spec.http[0].route[0].weight"), "{msg}");
+        assert!(
+            msg.starts_with("configuration is invalid: VirtualService default/r: spec.http[0].route[0].weight"),
+            "{msg}"
+        );
         assert!(review(&request("DELETE", "networking.istio.io", bad.clone())).allowed);
         assert!(review(&request("CREATE", "", bad)).allowed, "other groups are not ours to judge");
     }

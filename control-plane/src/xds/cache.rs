@@ -178,9 +178,7 @@ where
         return Arc::clone(&slot.cell);
     }
     let cell = Arc::clone(
-        &map.entry(key)
-            .or_insert_with(|| Slot { set: Arc::downgrade(set), cell: Arc::new(OnceLock::new()) })
-            .cell,
+        &map.entry(key).or_insert_with(|| Slot { set: Arc::downgrade(set), cell: Arc::new(OnceLock::new()) }).cell,
     );
     let len = map.len();
     if len >= sweep_at.load(Ordering::Relaxed) {

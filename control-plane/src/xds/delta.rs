@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use sailplane_translator::{Resource, ResourceSet, TypeUrl};
 use sailplane_translator::resources::ResourceMap;
+use sailplane_translator::{Resource, ResourceSet, TypeUrl};
 use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
@@ -361,7 +361,11 @@ mod tests {
     fn set(items: &[(&str, &str)]) -> Arc<ResourceSet> {
         let mut s = ResourceSet::new();
         for (name, payload) in items {
-            s.add(TypeUrl::Cluster, *name, &Cluster { name: name.to_string(), alt_stat_name: payload.to_string(), ..Default::default() });
+            s.add(
+                TypeUrl::Cluster,
+                *name,
+                &Cluster { name: name.to_string(), alt_stat_name: payload.to_string(), ..Default::default() },
+            );
         }
         Arc::new(s)
     }

@@ -69,7 +69,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<T> {
         self.poll_write_vectored(cx, &[IoSlice::new(data)])
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if this.buf.is_empty() && total >= COALESCE {

@@ -51,9 +51,21 @@ impl XdsMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self::build();
         registry.register("pilot_xds", "Number of endpoints connected to this pilot using XDS", m.connected.clone());
-        registry.register("pilot_xds_pushes", "Pilot build and send errors for lds, rds, cds and eds", m.pushes.clone());
-        registry.register("pilot_xds_config_size_bytes", "Distribution of configuration sizes pushed to clients", m.config_size.clone());
-        registry.register("pilot_total_xds_rejects", "Total number of XDS responses from pilot rejected by proxy", m.rejects.clone());
+        registry.register(
+            "pilot_xds_pushes",
+            "Pilot build and send errors for lds, rds, cds and eds",
+            m.pushes.clone(),
+        );
+        registry.register(
+            "pilot_xds_config_size_bytes",
+            "Distribution of configuration sizes pushed to clients",
+            m.config_size.clone(),
+        );
+        registry.register(
+            "pilot_total_xds_rejects",
+            "Total number of XDS responses from pilot rejected by proxy",
+            m.rejects.clone(),
+        );
         registry.register(
             "pilot_proxy_convergence_time",
             "Delay in seconds between config change and a proxy receiving all required configuration",
@@ -80,7 +92,9 @@ impl XdsMetrics {
             pushes,
             config_size,
             rejects,
-            convergence: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0]),
+            convergence: Histogram::new([
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0,
+            ]),
             push_by_type,
             size_by_type,
             reject_by_type,

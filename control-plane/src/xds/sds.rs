@@ -128,7 +128,9 @@ impl SecretIndex {
             let ca = match own {
                 Some(ca) => ca,
                 None => {
-                    let base = self.get(&r.namespace, &r.name).ok_or_else(|| format!("secret {}/{} not found", r.namespace, r.name))?;
+                    let base = self
+                        .get(&r.namespace, &r.name)
+                        .ok_or_else(|| format!("secret {}/{} not found", r.namespace, r.name))?;
                     base.ca.clone().ok_or_else(|| {
                         format!("secret {}/{} has no CA certificate (keys cacert or ca.crt)", r.namespace, r.name)
                     })?
@@ -136,9 +138,13 @@ impl SecretIndex {
             };
             return Ok(Material::Ca(ca));
         }
-        let c = self.get(&r.namespace, &r.name).ok_or_else(|| format!("secret {}/{} not found", r.namespace, r.name))?;
+        let c =
+            self.get(&r.namespace, &r.name).ok_or_else(|| format!("secret {}/{} not found", r.namespace, r.name))?;
         let (cert, key) = c.cert_and_key.clone().ok_or_else(|| {
-            format!("secret {}/{} has no certificate and key (keys cert and key, or tls.crt and tls.key)", r.namespace, r.name)
+            format!(
+                "secret {}/{} has no certificate and key (keys cert and key, or tls.crt and tls.key)",
+                r.namespace, r.name
+            )
         })?;
         Ok(Material::CertKey(cert, key))
     }
@@ -195,7 +201,8 @@ fn envoy_secret(name: &str, material: Material) -> (Secret, Secret) {
                     ..Default::default()
                 })),
             };
-            let redacted = DataSource { specifier: Some(Specifier::InlineString("[redacted]".into())), ..Default::default() };
+            let redacted =
+                DataSource { specifier: Some(Specifier::InlineString("[redacted]".into())), ..Default::default() };
             (tls(inline(key)), tls(Some(redacted)))
         }
         Material::Ca(ca) => {
@@ -261,7 +268,8 @@ impl SecretAuthorizer for KubernetesAccess {
             if identity.namespace != namespace {
                 return Ok(false);
             }
-            let caller = Caller { namespace: identity.namespace.clone(), service_account: identity.service_account.clone() };
+            let caller =
+                Caller { namespace: identity.namespace.clone(), service_account: identity.service_account.clone() };
             self.access.may_read_secrets(&caller, namespace).await.map_err(|e| e.to_string())
         })
     }
@@ -361,7 +369,9 @@ impl StreamSecrets {
             if name.starts_with(CREDENTIAL_PREFIX) {
                 self.warn_once(name, |proxy, secret| {
                     warn!(
-                        proxy, secret, identity = "none",
+                        proxy,
+                        secret,
+                        identity = "none",
                         "secret not served: the proxy is not authenticated (SDS needs xDS over mTLS on the secure port)"
                     );
                 });
@@ -376,7 +386,8 @@ impl StreamSecrets {
         let allowed = match self.decisions.get(&r.namespace) {
             Some(a) => *a,
             None => {
-                let decision = tokio::time::timeout(AUTHORIZE_TIMEOUT, config.authorizer.may_read(&identity, &r.namespace)).await;
+                let decision =
+                    tokio::time::timeout(AUTHORIZE_TIMEOUT, config.authorizer.may_read(&identity, &r.namespace)).await;
                 match decision {
                     Ok(Ok(a)) => {
                         self.decisions.insert(r.namespace.clone(), a);
@@ -464,7 +475,9 @@ mod tests {
             secret("a", "split-cacert", json!({"cacert": "CA4"})),
         ]);
         let get = |name: &str| match index.lookup(&parse_name(name, "a").unwrap()) {
-            Ok(Material::CertKey(c, k)) => format!("{}+{}", String::from_utf8(c).unwrap(), String::from_utf8(k).unwrap()),
+            Ok(Material::CertKey(c, k)) => {
+                format!("{}+{}", String::from_utf8(c).unwrap(), String::from_utf8(k).unwrap())
+            }
             Ok(Material::Ca(ca)) => String::from_utf8(ca).unwrap(),
             Err(e) => format!("error: {e}"),
         };
@@ -503,20 +516,31 @@ mod tests {
         assert_eq!(got, ["kubernetes://cred", "kubernetes://cred-cacert"]);
         assert!(contains(&a.set.get(TypeUrl::Secret, "kubernetes://cred").unwrap().any, b"PRIVATE-KEY-OF-A"));
         let masked = a.redacted.get(TypeUrl::Secret, "kubernetes://cred").unwrap();
-        assert!(!contains(&masked.any, b"PRIVATE-KEY-OF-A") && contains(&masked.any, b"[redacted]"), "private key redacted");
+        assert!(
+            !contains(&masked.any, b"PRIVATE-KEY-OF-A") && contains(&masked.any, b"[redacted]"),
+            "private key redacted"
+        );
         assert!(!a.refresh(&wanted).await, "nothing new");
 
         let mut b = StreamSecrets::new("p", Some(id("b")), Some(cfg.clone()));
         b.refresh(&wanted).await;
         let got: Vec<&String> = b.set.of(TypeUrl::Secret).keys().collect();
-        assert_eq!(got, ["kubernetes://b/cred", "kubernetes://cred"], "b's own secret (by both names); it has no CA half");
+        assert_eq!(
+            got,
+            ["kubernetes://b/cred", "kubernetes://cred"],
+            "b's own secret (by both names); it has no CA half"
+        );
 
         let mut plain = StreamSecrets::new("p", None, Some(cfg));
         plain.refresh(&wanted).await;
         assert!(plain.set.is_empty(), "no identity, no secrets");
 
         // An edit reaches the stream.
-        tx.send_replace(Arc::new(SecretIndex::from_objects(&[secret("a", "cred", json!({"tls.crt": "C2", "tls.key": "K"}))])));
+        tx.send_replace(Arc::new(SecretIndex::from_objects(&[secret(
+            "a",
+            "cred",
+            json!({"tls.crt": "C2", "tls.key": "K"}),
+        )])));
         a.index_changed().await;
         assert!(a.refresh(&wanted).await);
         assert_eq!(a.set.of(TypeUrl::Secret).len(), 1, "the CA half is gone");
@@ -528,7 +552,11 @@ mod tests {
     struct Reviews(Vec<(&'static str, &'static str)>, std::sync::atomic::AtomicUsize);
 
     impl SecretAccess for Reviews {
-        fn may_read_secrets<'a>(&'a self, caller: &'a Caller, namespace: &'a str) -> crate::sources::kube::review::AccessFuture<'a> {
+        fn may_read_secrets<'a>(
+            &'a self,
+            caller: &'a Caller,
+            namespace: &'a str,
+        ) -> crate::sources::kube::review::AccessFuture<'a> {
             self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let ok = self.0.iter().any(|(sa, ns)| *sa == caller.service_account && *ns == namespace);
             Box::pin(std::future::ready(Ok(ok)))

@@ -9,8 +9,8 @@
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,15 +19,15 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use http_body::Frame;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 use tonic::codec::{Codec, Streaming};
 use tonic::codegen::http;
 use tonic::server::NamedService;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
-use prometheus_client::registry::Registry;
 use tonic_prost::ProstCodec;
 use tracing::{debug, info, warn};
 
@@ -119,7 +119,11 @@ impl XdsServer {
 
     /// A server taking snapshots from `source`, recording per-proxy status in `status` and counting in
     /// `metrics`.
-    pub fn from_parts(source: Arc<dyn SnapshotSource>, status: Arc<StatusRegistry>, metrics: Arc<XdsMetrics>) -> XdsServer {
+    pub fn from_parts(
+        source: Arc<dyn SnapshotSource>,
+        status: Arc<StatusRegistry>,
+        metrics: Arc<XdsMetrics>,
+    ) -> XdsServer {
         XdsServer {
             shared: Arc::new(Shared {
                 source,
@@ -280,9 +284,7 @@ where
             }
         }
         let mut response = http::Response::new(tonic::body::Body::new(AdsBody { rx }));
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
         ready(Ok(response))
     }
 }
@@ -303,7 +305,9 @@ fn peer_identity(tls: Option<&TlsConnectInfo>) -> Result<Option<Identity>, Statu
     }
     match tls.peer_identity() {
         Some(identity) => Ok(Some(identity)),
-        None => Err(Status::unauthenticated("the client certificate carries no SPIFFE identity (spiffe://<td>/ns/<ns>/sa/<sa>)")),
+        None => Err(Status::unauthenticated(
+            "the client certificate carries no SPIFFE identity (spiffe://<td>/ns/<ns>/sa/<sa>)",
+        )),
     }
 }
 

@@ -44,7 +44,8 @@ pub(crate) async fn run(
     let closed = shared.closed();
     tokio::pin!(closed);
     let secrets = conn.secrets();
-    let mut stream = SotwStream { shared: &shared, conn: &conn, types: Default::default(), unknown: HashMap::new(), secrets };
+    let mut stream =
+        SotwStream { shared: &shared, conn: &conn, types: Default::default(), unknown: HashMap::new(), secrets };
     stream.on_request(first);
     let secrets_changed = stream.refresh_secrets().await;
     stream.respond(&current, secrets_changed, &out).await?;

@@ -177,7 +177,9 @@ fn put_grpc_prefix(buf: &mut impl BufMut, msg_len: usize) {
 
 /// Size of one `discovery.v3.Resource` message (without its field header).
 fn delta_resource_len(r: &Resource) -> usize {
-    str_field_len(RESOURCE_NAME, &r.name) + str_field_len(RESOURCE_VERSION, &r.version) + field_len(RESOURCE_RESOURCE, r.any.len())
+    str_field_len(RESOURCE_NAME, &r.name)
+        + str_field_len(RESOURCE_VERSION, &r.version)
+        + field_len(RESOURCE_RESOURCE, r.any.len())
 }
 
 /// A whole Delta response, gRPC prefix included, in one buffer. Delta responses differ per stream

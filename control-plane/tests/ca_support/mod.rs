@@ -46,7 +46,8 @@ impl TestCa {
         let authority = Arc::new(Authority::load_or_create_self_signed(dir, options).expect("ca"));
         let tokens = Arc::new(TokenAuthority::load_or_create(dir).expect("token key"));
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "istiod.istio-system.svc".to_string()];
-        let config = Arc::new(tls::server_config(Arc::clone(&authority), names, Duration::from_secs(3600)).expect("tls"));
+        let config =
+            Arc::new(tls::server_config(Arc::clone(&authority), names, Duration::from_secs(3600)).expect("tls"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let authenticators: Vec<Arc<dyn Authenticator>> = vec![Arc::new(TokenAuthenticator::new(Arc::clone(&tokens)))];

@@ -371,11 +371,8 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
 
 fn apply_locked(st: &mut State, mut object: Value) -> Result<Value, (StatusCode, String)> {
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
-    let rt = st
-        .served
-        .by_kind(&kind)
-        .cloned()
-        .ok_or((StatusCode::NOT_FOUND, format!("kind {kind:?} is not served")))?;
+    let rt =
+        st.served.by_kind(&kind).cloned().ok_or((StatusCode::NOT_FOUND, format!("kind {kind:?} is not served")))?;
     let name = meta_str(&object, "name").to_string();
     if name.is_empty() {
         return Err((StatusCode::UNPROCESSABLE_ENTITY, "metadata.name is required".into()));
@@ -445,9 +442,8 @@ async fn accept_loop(listener: TcpListener, state: Shared, mut shutdown: watch::
         tokio::spawn(async move {
             let svc_state = Arc::clone(&state);
             let svc_shutdown = conn_shutdown.clone();
-            let service = hyper::service::service_fn(move |req| {
-                respond(Arc::clone(&svc_state), svc_shutdown.clone(), req)
-            });
+            let service =
+                hyper::service::service_fn(move |req| respond(Arc::clone(&svc_state), svc_shutdown.clone(), req));
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
@@ -463,8 +459,7 @@ type Body = BoxBody<Bytes, Infallible>;
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
 }
 
@@ -709,7 +704,11 @@ async fn respond(
         return Ok(json_response(StatusCode::OK, &doc));
     }
     let Some(target) = target(&lock(), &segments) else {
-        return Ok(status_response(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find the requested resource ({path})")));
+        return Ok(status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("the server could not find the requested resource ({path})"),
+        ));
     };
     let selector = match Selector::parse(query.get("fieldSelector"), query.get("labelSelector")) {
         Ok(s) => s,
@@ -780,7 +779,11 @@ async fn respond(
             let mut st = lock();
             let exists = st.objects.contains_key(&key_of(&name, target.namespace.as_deref()));
             if parts.method == Method::POST && exists {
-                return Ok(status_response(StatusCode::CONFLICT, "AlreadyExists", &format!("{} \"{name}\" already exists", target.rt.plural)));
+                return Ok(status_response(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    &format!("{} \"{name}\" already exists", target.rt.plural),
+                ));
             }
             if parts.method == Method::PUT && !exists {
                 return Ok(not_found(&name));
@@ -788,12 +791,19 @@ async fn respond(
             // Optimistic concurrency: a replace must carry the version it read, if any.
             let sent_rv = meta_str(&object, "resourceVersion").to_string();
             if parts.method == Method::PUT && !sent_rv.is_empty() {
-                let stored = st.objects.get(&key_of(&name, target.namespace.as_deref())).map(|o| meta_str(o, "resourceVersion").to_string());
+                let stored = st
+                    .objects
+                    .get(&key_of(&name, target.namespace.as_deref()))
+                    .map(|o| meta_str(o, "resourceVersion").to_string());
                 if stored.as_deref() != Some(sent_rv.as_str()) {
-                    return Ok(status_response(StatusCode::CONFLICT, "Conflict", &format!(
-                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                        target.rt.plural
-                    )));
+                    return Ok(status_response(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        &format!(
+                            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                            target.rt.plural
+                        ),
+                    ));
                 }
             }
             Ok(match apply_locked(&mut st, object) {
@@ -853,7 +863,9 @@ fn watch_response(
                     let replay: Vec<Bytes> = st
                         .history
                         .iter()
-                        .filter(|r| r.rv > rv && target.matches(&r.group, &r.plural, &r.object) && selector.matches(&r.object))
+                        .filter(|r| {
+                            r.rv > rv && target.matches(&r.group, &r.plural, &r.object) && selector.matches(&r.object)
+                        })
                         .map(|r| event_line(r.kind, target.present(&r.object, false)))
                         .collect();
                     (replay, st.live.subscribe(), st.rv)
@@ -864,7 +876,12 @@ fn watch_response(
                     let replay: Vec<Bytes> = st
                         .objects
                         .iter()
-                        .filter(|(k, o)| k.group == target.group && k.plural == target.rt.plural && target.matches(&k.group, &k.plural, o) && selector.matches(o))
+                        .filter(|(k, o)| {
+                            k.group == target.group
+                                && k.plural == target.rt.plural
+                                && target.matches(&k.group, &k.plural, o)
+                                && selector.matches(o)
+                        })
                         .map(|(_, o)| event_line("ADDED", target.present(o, false)))
                         .collect();
                     (replay, st.live.subscribe(), st.rv)
@@ -892,7 +909,10 @@ fn watch_response(
             let line = match msg {
                 None => return, // timeoutSeconds elapsed: end the watch, as the real server does
                 Some(Ok(Live::Event(rec))) => {
-                    if rec.rv <= last || !target.matches(&rec.group, &rec.plural, &rec.object) || !selector.matches(&rec.object) {
+                    if rec.rv <= last
+                        || !target.matches(&rec.group, &rec.plural, &rec.object)
+                        || !selector.matches(&rec.object)
+                    {
                         continue;
                     }
                     last = rec.rv;
@@ -911,8 +931,11 @@ fn watch_response(
                         continue;
                     }
                     let rv = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).rv;
-                    event_line("BOOKMARK", json!({"kind": target.rt.kind, "apiVersion": target.api_version(),
-                                                   "metadata": {"resourceVersion": rv.to_string()}}))
+                    event_line(
+                        "BOOKMARK",
+                        json!({"kind": target.rt.kind, "apiVersion": target.api_version(),
+                                                   "metadata": {"resourceVersion": rv.to_string()}}),
+                    )
                 }
                 // Lagged or closed: end the watch; the client resumes from its last version.
                 Some(Err(_)) => return,
@@ -924,8 +947,7 @@ fn watch_response(
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
 }
 

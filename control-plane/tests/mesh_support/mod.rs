@@ -118,7 +118,8 @@ impl Discovery {
     /// A workload certificate (chain PEM, key PEM) for `ns/sa` from discovery's CA, as the agent
     /// gets it.
     pub async fn workload_cert(&self, ns: &str, sa: &str) -> (String, String) {
-        let identity = Identity { trust_domain: "cluster.local".into(), namespace: ns.into(), service_account: sa.into() };
+        let identity =
+            Identity { trust_domain: "cluster.local".into(), namespace: ns.into(), service_account: sa.into() };
         let k = keys::generate(KeyType::Ec, &identity).unwrap();
         let client = CaClient::new(&self.secure_address(), &self.root_pem(), None).unwrap();
         let chain = client.sign(k.csr_pem.clone(), Duration::from_secs(3600), &self.token(ns, sa)).await.unwrap();
@@ -142,7 +143,9 @@ impl Drop for Discovery {
 /// A bare HTTP/1.1 GET on 127.0.0.1: status and body (`None` if nothing answered).
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.ok()?.ok()?;
     parse_http(&buf)
@@ -318,7 +321,11 @@ impl Delta {
     /// ACKs `resp`.
     pub fn ack(&mut self, resp: &DeltaDiscoveryResponse) {
         self.tx
-            .send(DeltaDiscoveryRequest { type_url: resp.type_url.clone(), response_nonce: resp.nonce.clone(), ..Default::default() })
+            .send(DeltaDiscoveryRequest {
+                type_url: resp.type_url.clone(),
+                response_nonce: resp.nonce.clone(),
+                ..Default::default()
+            })
             .unwrap();
     }
 }
@@ -354,5 +361,7 @@ pub fn secrets_of(resp: &DiscoveryResponse) -> Vec<(String, String, String, Stri
 /// A Secret YAML (stringData) with `data` pairs.
 pub fn mk_secret(ns: &str, name: &str, kind: &str, data: &[(&str, &str)]) -> String {
     let data: String = data.iter().map(|(k, v)| format!("  {k}: {}\n", serde_json::to_string(v).unwrap())).collect();
-    format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\ntype: {kind}\nstringData:\n{data}")
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\ntype: {kind}\nstringData:\n{data}"
+    )
 }

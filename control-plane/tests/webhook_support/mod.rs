@@ -64,7 +64,8 @@ pub enum Trust<'a> {
 
 /// POSTs `body` to `https://addr/path` and returns the status code and the JSON body.
 pub async fn post(addr: SocketAddr, path: &str, body: &[u8], trust: Trust<'_>) -> (u16, Value) {
-    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
     let (config, name) = match trust {
         Trust::Root { pem, server_name } => {
             let mut roots = rustls::RootCertStore::empty();

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{Address, Node, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -41,7 +43,8 @@ pub struct TestSource {
 
 impl TestSource {
     pub fn new(set: ResourceSet) -> Arc<TestSource> {
-        let (tx, _) = watch::channel(Arc::new(Snapshot { resources: Arc::new(set), push: 0, changed_at: Instant::now() }));
+        let (tx, _) =
+            watch::channel(Arc::new(Snapshot { resources: Arc::new(set), push: 0, changed_at: Instant::now() }));
         Arc::new(TestSource {
             tx,
             push: AtomicUsize::new(0),
@@ -96,7 +99,12 @@ impl TestServer {
         let (shutdown, rx) = oneshot::channel::<()>();
         let running = server.clone();
         let serving = tokio::spawn(async move {
-            running.serve_with_shutdown(listener, async { rx.await.ok(); }).await.unwrap();
+            running
+                .serve_with_shutdown(listener, async {
+                    rx.await.ok();
+                })
+                .await
+                .unwrap();
         });
         TestServer { addr, server, status, metrics, source, shutdown: Some(shutdown), serving: Some(serving) }
     }
@@ -220,7 +228,10 @@ impl Sotw {
     /// Asserts nothing arrives for a while.
     pub async fn expect_silence(&mut self) {
         if let Ok(r) = tokio::time::timeout(QUIET, self.rx.message()).await {
-            panic!("expected no response, got {:?}", r.map(|r| r.map(|r| (r.type_url, r.version_info, r.resources.len()))));
+            panic!(
+                "expected no response, got {:?}",
+                r.map(|r| r.map(|r| (r.type_url, r.version_info, r.resources.len())))
+            );
         }
     }
 }
@@ -272,7 +283,10 @@ impl Delta {
 
     pub async fn expect_silence(&mut self) {
         if let Ok(r) = tokio::time::timeout(QUIET, self.rx.message()).await {
-            panic!("expected no response, got {:?}", r.map(|r| r.map(|r| (r.type_url, r.resources.len(), r.removed_resources))));
+            panic!(
+                "expected no response, got {:?}",
+                r.map(|r| r.map(|r| (r.type_url, r.resources.len(), r.removed_resources)))
+            );
         }
     }
 }
@@ -338,7 +352,10 @@ pub fn cla(name: &str, port: u32) -> ClusterLoadAssignment {
         endpoints: vec![LocalityLbEndpoints {
             lb_endpoints: vec![LbEndpoint {
                 host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
-                    envoy_types::pb::envoy::config::endpoint::v3::Endpoint { address: Some(address), ..Default::default() },
+                    envoy_types::pb::envoy::config::endpoint::v3::Endpoint {
+                        address: Some(address),
+                        ..Default::default()
+                    },
                 )),
                 ..Default::default()
             }],

@@ -90,15 +90,17 @@ async fn main() -> anyhow::Result<()> {
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let app = axum::Router::new().fallback(answer).with_state(Arc::clone(&name));
-        tasks.spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
-        });
+        tasks
+            .spawn(async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await });
     }
     // Kept alive until the process ends: dropping the server stops it.
     let _tls = match (args.tls_port, args.cert, args.key) {
         (Some(port), Some(chain_pem), Some(key_pem)) => {
             let options = TlsEchoOptions { client_ca_pem: args.client_ca, close_each: false };
-            Some(TlsEchoServer::start_on(&name, Ipv4Addr::UNSPECIFIED, port, &CertKey { chain_pem, key_pem }, options).await?)
+            Some(
+                TlsEchoServer::start_on(&name, Ipv4Addr::UNSPECIFIED, port, &CertKey { chain_pem, key_pem }, options)
+                    .await?,
+            )
         }
         _ => None,
     };

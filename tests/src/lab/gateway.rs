@@ -98,12 +98,21 @@ impl Lab {
         let log_path = dir.join("agent.log");
         let log = File::create(&log_path)?;
         for f in [dir.as_path(), out_dir, token.as_path(), root.as_path(), log_path.as_path()] {
-            std::os::unix::fs::chown(f, Some(PROXY_UID), Some(PROXY_UID)).with_context(|| format!("chown {}", f.display()))?;
+            std::os::unix::fs::chown(f, Some(PROXY_UID), Some(PROXY_UID))
+                .with_context(|| format!("chown {}", f.display()))?;
         }
         let gw = self.subnet.gateway();
         let child = Command::new("ip")
             .args(["netns", "exec", &p.netns])
-            .args(["setpriv", "--reuid", &PROXY_UID.to_string(), "--regid", &PROXY_UID.to_string(), "--clear-groups", "--"])
+            .args([
+                "setpriv",
+                "--reuid",
+                &PROXY_UID.to_string(),
+                "--regid",
+                &PROXY_UID.to_string(),
+                "--clear-groups",
+                "--",
+            ])
             .arg(&self.sailplane)
             .arg("agent")
             .args(["--ip", &p.ip.to_string(), "--pod", &p.spec.name, "--namespace", ns, "--service-account", sa])
@@ -131,7 +140,12 @@ impl Lab {
         while !OUTPUT_CERT_FILES.iter().all(|f| out_dir.join(f).is_file()) {
             agent.check_alive()?;
             if Instant::now() > deadline {
-                bail!("{} wrote no certificates into {} after {READY:?}:\n{}", agent.what, out_dir.display(), agent.log(30));
+                bail!(
+                    "{} wrote no certificates into {} after {READY:?}:\n{}",
+                    agent.what,
+                    out_dir.display(),
+                    agent.log(30)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -141,7 +155,13 @@ impl Lab {
     /// Runs the lab's Envoy binary in pod `key` (as root: the pod has no interception rules to
     /// escape) with the static bootstrap `bootstrap_yaml`, whose admin interface must listen on
     /// `127.0.0.1:<admin_port>`; returns once the admin `/ready` says LIVE.
-    pub fn start_envoy(&self, key: &str, name: &str, bootstrap_yaml: &str, admin_port: u16) -> anyhow::Result<PodProcess> {
+    pub fn start_envoy(
+        &self,
+        key: &str,
+        name: &str,
+        bootstrap_yaml: &str,
+        admin_port: u16,
+    ) -> anyhow::Result<PodProcess> {
         let i = self.pod_index(key)?;
         let p = &self.pods[i];
         let config = p.dir.join(format!("{name}.yaml"));

@@ -94,7 +94,8 @@ impl LabSpec {
                     svc.selector = str_map(&d["spec"]["selector"]);
                     for p in d["spec"]["ports"].as_array().into_iter().flatten() {
                         let port = port_of(&p["port"], &what)?;
-                        let target_port = if p["targetPort"].is_null() { port } else { port_of(&p["targetPort"], &what)? };
+                        let target_port =
+                            if p["targetPort"].is_null() { port } else { port_of(&p["targetPort"], &what)? };
                         let port_name = p["name"].as_str().unwrap_or_default().to_string();
                         svc.ports.push(ServicePortSpec { name: port_name, port, target_port });
                     }

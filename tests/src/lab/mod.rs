@@ -20,8 +20,8 @@
 //! namespaces it created), deletes its namespaces, veths, bridge and `/etc/netns` directories.
 //! Without root or without `ip`/`iptables`/`curl` the lab panics with a clear message.
 
-pub mod gateway;
 pub mod egress;
+pub mod gateway;
 pub mod manifests;
 pub mod net;
 pub mod objects;
@@ -205,7 +205,8 @@ impl Lab {
             lab.services.push(ServiceState { spec: svc.clone(), vip: subnet.host(host) });
         }
         for (i, pod) in spec.pods.iter().enumerate() {
-            let host = u8::try_from(10 + i).ok().filter(|h| *h < 200).context("too many pods for one lab (at most 190)")?;
+            let host =
+                u8::try_from(10 + i).ok().filter(|h| *h < 200).context("too many pods for one lab (at most 190)")?;
             let n = POD_COUNTER.fetch_add(1, Ordering::Relaxed);
             let netns = format!("sp{}-{}-{}", subnet.tag(), i, pod.name.chars().take(20).collect::<String>());
             let dir = lab.root.path().join(format!("pod-{n}-{}-{}", pod.namespace, pod.name));
@@ -243,7 +244,8 @@ impl Lab {
             lab.start_app(i)?;
         }
         lab.install_service_rules()?;
-        let injected: Vec<usize> = (0..lab.pods.len()).filter(|i| spec.pods[*i].injected || spec.pods[*i].gateway).collect();
+        let injected: Vec<usize> =
+            (0..lab.pods.len()).filter(|i| spec.pods[*i].injected || spec.pods[*i].gateway).collect();
         for &i in &injected {
             lab.start_sidecar(i)?;
         }
@@ -479,7 +481,8 @@ impl Lab {
             }
         }
         for p in &self.pods {
-            net::install_service_rules(&p.netns, &rules).with_context(|| format!("service rules of {}", p.spec.key()))?;
+            net::install_service_rules(&p.netns, &rules)
+                .with_context(|| format!("service rules of {}", p.spec.key()))?;
         }
         Ok(())
     }
@@ -551,13 +554,17 @@ impl Lab {
         std::fs::copy(self.ca_dir.join("root-cert.pem"), dir.join("root-cert.pem"))
             .context("copying the mesh root (has the control plane created its CA?)")?;
         for f in [dir.as_path(), token.as_path(), dir.join("root-cert.pem").as_path()] {
-            std::os::unix::fs::chown(f, Some(PROXY_UID), Some(PROXY_UID)).with_context(|| format!("chown {}", f.display()))?;
+            std::os::unix::fs::chown(f, Some(PROXY_UID), Some(PROXY_UID))
+                .with_context(|| format!("chown {}", f.display()))?;
         }
         if !self.pods[i].injected && !gateway {
             net::install_istio_rules(&netns).with_context(|| format!("interception rules of {key}"))?;
             // The Istio rules must come before the service DNAT: re-append the DNAT jump after them.
             self.pods[i].injected = true;
-            let _ = net::exec_in(&netns, &["iptables", "-w", "-t", "nat", "-D", "OUTPUT", "-p", "tcp", "-j", "LAB_SERVICES"]);
+            let _ = net::exec_in(
+                &netns,
+                &["iptables", "-w", "-t", "nat", "-D", "OUTPUT", "-p", "tcp", "-j", "LAB_SERVICES"],
+            );
             let _ = net::exec_in(&netns, &["iptables", "-w", "-t", "nat", "-X", "LAB_SERVICES"]);
             self.install_service_rules()?;
         }
@@ -590,13 +597,23 @@ impl Lab {
         if self.xds_tls {
             cmd.arg("--xds-tls");
         }
-        cmd.args(["--", "--concurrency", "1", "--log-level", "warning", "--component-log-level", "misc:error", "--drain-time-s", "1"])
-            .current_dir(&dir)
-            .env("SAILPLANE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.args([
+            "--",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warning",
+            "--component-log-level",
+            "misc:error",
+            "--drain-time-s",
+            "1",
+        ])
+        .current_dir(&dir)
+        .env("SAILPLANE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
         let child = cmd.spawn().with_context(|| format!("starting the sidecar of {key}"))?;
         self.pods[i].agent = Some(child);
         Ok(())
@@ -701,7 +718,8 @@ impl Lab {
         let mut out = String::new();
         for p in proxies {
             let stale = p["types"].as_object().into_iter().flatten().any(|(_, d)| d["status"] == "STALE");
-            let ip = p["ips"].as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or_default().to_string();
+            let ip =
+                p["ips"].as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or_default().to_string();
             let Some(pod) = self.pods.iter().find(|x| x.ip.to_string() == ip) else { continue };
             if !stale {
                 continue;
@@ -776,7 +794,14 @@ impl Lab {
 
     /// Requests `url` from `from` expecting `expect`, and records the row in `report` (`what` names
     /// the configuration in force).
-    pub fn check(&self, report: &mut Report, what: &str, from: &str, url: &str, expect: Expect) -> anyhow::Result<Reply> {
+    pub fn check(
+        &self,
+        report: &mut Report,
+        what: &str,
+        from: &str,
+        url: &str,
+        expect: Expect,
+    ) -> anyhow::Result<Reply> {
         let (reply, ok) = self.request(from, url, &expect)?;
         report.add(format!("{what}: {from} -> {url}"), expect.to_string(), reply.summary(), ok);
         Ok(reply)
@@ -827,7 +852,12 @@ impl Lab {
     /// `suffix` (a cluster's stats carry its alt_stat_name and, with transport socket matches, the
     /// match name, e.g. `cluster.outbound|8080||h;.tlsMode-istio.ssl.handshake`).
     pub fn envoy_stat_sum(&self, key: &str, prefix: &str, suffix: &str) -> anyhow::Result<u64> {
-        Ok(self.envoy_stats(key)?.iter().filter(|(k, _)| k.starts_with(prefix) && k.ends_with(suffix)).map(|(_, v)| v).sum())
+        Ok(self
+            .envoy_stats(key)?
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix) && k.ends_with(suffix))
+            .map(|(_, v)| v)
+            .sum())
     }
 
     fn stop_child(child: &mut Child, grace: Duration) {
@@ -850,7 +880,9 @@ impl Lab {
 
 /// `GET url` from the host with curl: (status, body); status 0 when nothing answered.
 fn host_get(url: &str) -> (u16, String) {
-    let out = Command::new("curl").args(["-sS", "--noproxy", "*", "--max-time", "5", "-w", "\n@@status=%{http_code}", url]).output();
+    let out = Command::new("curl")
+        .args(["-sS", "--noproxy", "*", "--max-time", "5", "-w", "\n@@status=%{http_code}", url])
+        .output();
     match out {
         Ok(o) => {
             let text = String::from_utf8_lossy(&o.stdout).into_owned();

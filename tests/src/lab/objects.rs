@@ -145,7 +145,9 @@ impl ServiceSpec {
 
     /// Whether the service selects a pod.
     pub fn selects(&self, pod: &PodSpec) -> bool {
-        !pod.external && pod.namespace == self.namespace && self.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+        !pod.external
+            && pod.namespace == self.namespace
+            && self.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
     }
 }
 
@@ -207,7 +209,13 @@ pub fn service_yaml(svc: &ServiceSpec, vip: Ipv4Addr, endpoints: &[(String, Ipv4
         selector = labels_flow(&svc.selector),
     );
     for p in &svc.ports {
-        let _ = writeln!(out, "  - {{name: {}, port: {}, targetPort: {}, protocol: TCP}}", q(&p.name), p.port, p.target_port);
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, port: {}, targetPort: {}, protocol: TCP}}",
+            q(&p.name),
+            p.port,
+            p.target_port
+        );
     }
     let _ = write!(
         out,
@@ -250,7 +258,8 @@ mod tests {
         assert_eq!(p["status"]["podIP"].as_str(), Some("10.1.2.10"));
         let svc = ServiceSpec::new("hello", "back-end").port("http", 8080, 80);
         let text = service_yaml(&svc, Ipv4Addr::new(10, 1, 2, 200), &[("hello".into(), ip)]);
-        let docs: Vec<serde_yaml_ng::Value> = text.split("---\n").map(|d| serde_yaml_ng::from_str(d).unwrap()).collect();
+        let docs: Vec<serde_yaml_ng::Value> =
+            text.split("---\n").map(|d| serde_yaml_ng::from_str(d).unwrap()).collect();
         assert_eq!(docs[0]["spec"]["ports"][0]["targetPort"].as_u64(), Some(80));
         assert_eq!(docs[1]["ports"][0]["port"].as_u64(), Some(80));
         assert_eq!(docs[1]["endpoints"][0]["targetRef"]["name"].as_str(), Some("hello"));

@@ -92,20 +92,13 @@ impl Object {
         } else {
             meta.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
         };
-        ObjectKey {
-            kind: kind.to_string(),
-            namespace,
-            name: meta.name.clone().unwrap_or_default(),
-        }
+        ObjectKey { kind: kind.to_string(), namespace, name: meta.name.clone().unwrap_or_default() }
     }
 }
 
 /// `apiVersion`s accepted for the Istio networking kinds (same schema in each).
-pub const ISTIO_NETWORKING_VERSIONS: [&str; 3] = [
-    "networking.istio.io/v1",
-    "networking.istio.io/v1beta1",
-    "networking.istio.io/v1alpha3",
-];
+pub const ISTIO_NETWORKING_VERSIONS: [&str; 3] =
+    ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
 
 /// `apiVersion`s accepted for the Istio security kinds.
 pub const ISTIO_SECURITY_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
@@ -115,21 +108,10 @@ pub const ISTIO_SECURITY_VERSIONS: [&str; 2] = ["security.istio.io/v1", "securit
 /// Errors name the object (as far as it can be read) and the field path where decoding failed.
 pub fn parse_object(doc: serde_json::Value) -> Result<Object, Diagnostic> {
     let kind = doc.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let api_version = doc
-        .get("apiVersion")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string();
+    let api_version = doc.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let meta = doc.get("metadata");
-    let name = meta
-        .and_then(|m| m.get("name"))
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string();
-    let namespace = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
+    let name = meta.and_then(|m| m.get("name")).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let namespace = meta.and_then(|m| m.get("namespace")).and_then(|v| v.as_str()).unwrap_or_default();
     let object = match (kind.is_empty(), name.is_empty(), namespace.is_empty()) {
         (true, _, _) => "<unknown kind>".to_string(),
         (false, true, _) => kind.clone(),
@@ -180,11 +162,7 @@ pub fn parse_object(doc: serde_json::Value) -> Result<Object, Diagnostic> {
         "PeerAuthentication" => {
             want(&ISTIO_SECURITY_VERSIONS).and_then(|_| typed(&object, doc).map(Object::PeerAuthentication))
         }
-        _ => Err(Diagnostic::error(
-            object,
-            "kind",
-            format!("unknown kind {kind:?} (apiVersion {api_version:?})"),
-        )),
+        _ => Err(Diagnostic::error(object, "kind", format!("unknown kind {kind:?} (apiVersion {api_version:?})"))),
     }
 }
 
@@ -218,21 +196,13 @@ fn kube_style(message: &str) -> String {
         && let Some((value, expected)) = rest.split_once(", expected ")
     {
         let expected = expected.strip_prefix("one of ").unwrap_or(expected);
-        return format!(
-            "unsupported value: {}: supported values: {}",
-            backticked(value),
-            backticked(expected)
-        );
+        return format!("unsupported value: {}: supported values: {}", backticked(value), backticked(expected));
     }
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = message.strip_prefix(prefix)
             && let Some((got, expected)) = rest.split_once(", expected ")
         {
-            return format!(
-                "type conversion error from {} to {}",
-                backticked(got),
-                backticked(expected)
-            );
+            return format!("type conversion error from {} to {}", backticked(got), backticked(expected));
         }
     }
     backticked(message)
@@ -309,23 +279,12 @@ mod tests {
                 "rewrite": {"uriRegexRewrite": {"match": "^/a", "rewrite": "/b"}}
             }]}
         });
-        let Object::VirtualService(vs) = parse_object(doc).unwrap() else {
-            panic!("not a VirtualService")
-        };
+        let Object::VirtualService(vs) = parse_object(doc).unwrap() else { panic!("not a VirtualService") };
         let http = &vs.spec.http[0];
         assert_eq!(http.r#match[0].ignore_uri_case, Some(true));
         assert_eq!(http.route[0].destination.as_ref().unwrap().port.unwrap().number, 80);
         assert_eq!(http.mirrors[0].percentage.unwrap().value, 5.0);
-        assert_eq!(
-            http.rewrite
-                .as_ref()
-                .unwrap()
-                .uri_regex_rewrite
-                .as_ref()
-                .unwrap()
-                .rewrite,
-            "/b"
-        );
+        assert_eq!(http.rewrite.as_ref().unwrap().uri_regex_rewrite.as_ref().unwrap().rewrite, "/b");
     }
 
     #[test]

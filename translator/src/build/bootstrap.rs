@@ -33,11 +33,7 @@ pub struct BootstrapError {
 }
 
 fn decode_any<M: Message + Default>(r: &Resource, t: TypeUrl) -> Result<M, BootstrapError> {
-    let err = |source| BootstrapError {
-        name: r.name.clone(),
-        type_url: t.as_str(),
-        source,
-    };
+    let err = |source| BootstrapError { name: r.name.clone(), type_url: t.as_str(), source };
     let any = Any::decode(r.any.clone()).map_err(err)?;
     M::decode(any.value.as_slice()).map_err(err)
 }
@@ -57,16 +53,10 @@ pub fn static_bootstrap(set: &ResourceSet, node_id: &str, node_cluster: &str) ->
                 .unwrap_or_else(|| c.name.clone());
             let cla = match set.get(TypeUrl::Endpoint, &service) {
                 Some(r) => decode_any::<ClusterLoadAssignment>(r, TypeUrl::Endpoint)?,
-                None => ClusterLoadAssignment {
-                    cluster_name: service,
-                    ..Default::default()
-                },
+                None => ClusterLoadAssignment { cluster_name: service, ..Default::default() },
             };
             c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
-            c.load_assignment = Some(ClusterLoadAssignment {
-                cluster_name: c.name.clone(),
-                ..cla
-            });
+            c.load_assignment = Some(ClusterLoadAssignment { cluster_name: c.name.clone(), ..cla });
         }
         clusters.push(c);
     }
@@ -79,20 +69,9 @@ pub fn static_bootstrap(set: &ResourceSet, node_id: &str, node_cluster: &str) ->
         listeners.push(l);
     }
     Ok(Bootstrap {
-        node: Some(Node {
-            id: node_id.to_string(),
-            cluster: node_cluster.to_string(),
-            ..Default::default()
-        }),
-        admin: Some(Admin {
-            address: socket_addr("127.0.0.1", 0),
-            ..Default::default()
-        }),
-        static_resources: Some(StaticResources {
-            listeners,
-            clusters,
-            ..Default::default()
-        }),
+        node: Some(Node { id: node_id.to_string(), cluster: node_cluster.to_string(), ..Default::default() }),
+        admin: Some(Admin { address: socket_addr("127.0.0.1", 0), ..Default::default() }),
+        static_resources: Some(StaticResources { listeners, clusters, ..Default::default() }),
         ..Default::default()
     })
 }
@@ -113,10 +92,7 @@ fn inline_routes(set: &ResourceSet, chain: &mut FilterChain, listener: &str) -> 
         if let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier {
             let route = match set.get(TypeUrl::Route, &rds.route_config_name) {
                 Some(r) => decode_any::<RouteConfiguration>(r, TypeUrl::Route)?,
-                None => RouteConfiguration {
-                    name: rds.route_config_name.clone(),
-                    ..Default::default()
-                },
+                None => RouteConfiguration { name: rds.route_config_name.clone(), ..Default::default() },
             };
             hcm.route_specifier = Some(RouteSpecifier::RouteConfig(route));
             *cfg = any(&hcm);

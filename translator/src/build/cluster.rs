@@ -169,11 +169,7 @@ fn service_clusters<'a>(
     let Some(rule) = rule else { return };
     for subset in &rule.subsets {
         let subset_policy = merge_subset_policy(policy.as_deref(), subset.traffic_policy.as_ref(), port.port);
-        let passthrough = subset
-            .traffic_policy
-            .as_ref()
-            .and_then(|t| t.load_balancer.as_ref())
-            .and_then(|l| l.simple)
+        let passthrough = subset.traffic_policy.as_ref().and_then(|t| t.load_balancer.as_ref()).and_then(|l| l.simple)
             == Some(SimpleLb::Passthrough);
         let ctype = if passthrough { DiscoveryType::OriginalDst } else { parent_type };
         let Some(mut c) = service_cluster(ctx, svc, port, name_of(&subset.name), ctype, Some(&subset.labels)) else {
@@ -213,16 +209,9 @@ fn finish<'a>(
     set: &mut ResourceSet,
 ) {
     if cluster_type(&c.cluster) == DiscoveryType::Eds {
-        c.cluster.eds_cluster_config = Some(EdsClusterConfig {
-            eds_config: ads_config_source(),
-            service_name: c.cluster.name.clone(),
-        });
-        eds.push(EdsTarget {
-            name: c.cluster.name.clone(),
-            service: svc,
-            port,
-            labels,
-        });
+        c.cluster.eds_cluster_config =
+            Some(EdsClusterConfig { eds_config: ads_config_source(), service_name: c.cluster.name.clone() });
+        eds.push(EdsTarget { name: c.cluster.name.clone(), service: svc, port, labels });
     } else {
         c.cluster.eds_cluster_config = None;
     }
@@ -231,7 +220,12 @@ fn finish<'a>(
 
 /// `filter_metadata.istio` of an outbound cluster: `config` (the DestinationRule), `external`,
 /// `services`, `subset` (keys in sorted order, see [`wire`]).
-fn cluster_metadata(services: &wire::Value, config: Option<&str>, external: bool, subset: Option<&str>) -> wire::Struct {
+fn cluster_metadata(
+    services: &wire::Value,
+    config: Option<&str>,
+    external: bool,
+    subset: Option<&str>,
+) -> wire::Struct {
     let mut fields: Vec<(&str, wire::Value)> = Vec::with_capacity(4);
     if let Some(c) = config {
         fields.push(("config", wire::Value::string(c)));
@@ -261,10 +255,7 @@ pub fn discovery_type(node: NodeType, svc: &Service) -> DiscoveryType {
 /// Istio's default circuit breakers: everything at `u32::MAX` (Envoy's default of 3 retries is
 /// too low during pod churn), tracking remaining capacity.
 fn default_circuit_breakers() -> Option<CircuitBreakers> {
-    Some(CircuitBreakers {
-        thresholds: vec![policy::default_thresholds()],
-        ..Default::default()
-    })
+    Some(CircuitBreakers { thresholds: vec![policy::default_thresholds()], ..Default::default() })
 }
 
 /// A cluster with the settings every Istio service cluster shares.
@@ -298,16 +289,12 @@ fn upstream_http_options(node: NodeType, protocol: Protocol) -> Option<HttpProto
     } else {
         return None;
     };
-    Some(HttpProtocolOptions {
-        upstream_protocol_options: Some(upstream),
-        ..Default::default()
-    })
+    Some(HttpProtocolOptions { upstream_protocol_options: Some(upstream), ..Default::default() })
 }
 
 fn set_http_options(c: &mut Cluster, opts: Option<HttpProtocolOptions>) {
     if let Some(o) = opts {
-        c.typed_extension_protocol_options
-            .insert(HTTP_PROTOCOL_OPTIONS_KEY.to_string(), any(&o));
+        c.typed_extension_protocol_options.insert(HTTP_PROTOCOL_OPTIONS_KEY.to_string(), any(&o));
     }
 }
 
@@ -372,20 +359,16 @@ pub fn service_cluster(
             c.dns_jitter = super::millis(DNS_JITTER_MS);
             c.dns_refresh_rate = secs(DNS_REFRESH_SECS);
             c.respect_dns_ttl = true;
-            c.load_assignment = Some(ClusterLoadAssignment {
-                cluster_name: c.name.clone(),
-                endpoints,
-                ..Default::default()
-            });
+            c.load_assignment =
+                Some(ClusterLoadAssignment { cluster_name: c.name.clone(), endpoints, ..Default::default() });
             c.lb_policy = LbPolicy::LeastRequest as i32;
         }
         _ => {
             c.lb_policy = LbPolicy::ClusterProvided as i32;
             // A ServiceEntry with resolution NONE and a targetPort sends to the original IP on the
             // target port (Istio's ENABLE_RESOLUTION_NONE_TARGET_PORT, on by default).
-            if let Some(tp) = port
-                .target_port
-                .filter(|tp| *tp != port.port && svc.origin == ServiceOrigin::ServiceEntry)
+            if let Some(tp) =
+                port.target_port.filter(|tp| *tp != port.port && svc.origin == ServiceOrigin::ServiceEntry)
             {
                 c.lb_config = Some(LbConfig::OriginalDstLbConfig(OriginalDstLbConfig {
                     upstream_port_override: Some(UInt32Value { value: u32::from(tp) }),
@@ -394,11 +377,7 @@ pub fn service_cluster(
             }
         }
     }
-    Some(ClusterOut {
-        cluster: Box::new(c),
-        http: upstream_http_options(node, port.protocol),
-        metadata: None,
-    })
+    Some(ClusterOut { cluster: Box::new(c), http: upstream_http_options(node, port.protocol), metadata: None })
 }
 
 /// `BlackHoleCluster`: STATIC without endpoints, so every connection fails.
@@ -431,11 +410,13 @@ pub fn passthrough_cluster(name: &str) -> Cluster {
             idle_timeout: Some(Duration { seconds: 300, nanos: 0 }),
             ..Default::default()
         }),
-        upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
-            http_protocol_options: Some(Http1ProtocolOptions::default()),
-            http2_protocol_options: Some(Http2ProtocolOptions::default()),
-            ..Default::default()
-        })),
+        upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+            UseDownstreamHttpConfig {
+                http_protocol_options: Some(Http1ProtocolOptions::default()),
+                http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                ..Default::default()
+            },
+        )),
         ..Default::default()
     };
     set_http_options(&mut c, Some(opts));

@@ -46,10 +46,7 @@ pub fn build_endpoints(targets: &[EdsTarget<'_>], set: &mut ResourceSet) {
     for t in targets {
         buf.clear();
         encode_locality_endpoints(t.service, t.port, t.labels, &mut buf);
-        let head = ClusterLoadAssignment {
-            cluster_name: t.name.clone(),
-            ..Default::default()
-        };
+        let head = ClusterLoadAssignment { cluster_name: t.name.clone(), ..Default::default() };
         set.add_with_fields(TypeUrl::Endpoint, t.name.clone(), &head, &buf);
     }
 }
@@ -152,11 +149,9 @@ pub fn encode_locality_endpoints(svc: &Service, port: &ServicePort, labels: Opti
         out.reserve(field_len(lle));
         put_len(out, tags::CLA_ENDPOINTS, lle);
         put_len(out, tags::LLE_LOCALITY, loc);
-        for (tag, part) in [
-            (tags::LOCALITY_REGION, region),
-            (tags::LOCALITY_ZONE, zone),
-            (tags::LOCALITY_SUB_ZONE, sub_zone),
-        ] {
+        for (tag, part) in
+            [(tags::LOCALITY_REGION, region), (tags::LOCALITY_ZONE, zone), (tags::LOCALITY_SUB_ZONE, sub_zone)]
+        {
             if !part.is_empty() {
                 put_bytes(out, tag, part.as_bytes());
             }
@@ -178,9 +173,7 @@ fn tls_mode_metadata() -> &'static [u8] {
 /// Endpoints usable over EDS: ready, IP addresses, carrying the subset labels.
 fn eds_endpoints<'s>(svc: &'s Service, labels: Option<&'s Labels>) -> impl Iterator<Item = &'s Endpoint> {
     svc.endpoints.iter().filter(move |ep| {
-        ep.ready
-            && is_ip(&ep.address)
-            && labels.is_none_or(|l| l.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
+        ep.ready && is_ip(&ep.address) && labels.is_none_or(|l| l.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
     })
 }
 
@@ -211,19 +204,11 @@ fn locality(label: &str) -> Locality {
 fn lb_endpoint(ep: &Endpoint, port: u16) -> LbEndpoint {
     let metadata = ep.accepts_mtls(port).then(|| {
         let mut fields = std::collections::HashMap::new();
-        fields.insert(
-            "tlsMode".to_string(),
-            Value {
-                kind: Some(value::Kind::StringValue("istio".to_string())),
-            },
-        );
+        fields.insert("tlsMode".to_string(), Value { kind: Some(value::Kind::StringValue("istio".to_string())) });
         let mut filter_metadata = std::collections::HashMap::new();
         // One key per map: encoding stays deterministic despite prost's HashMaps.
         filter_metadata.insert(TRANSPORT_SOCKET_MATCH_KEY.to_string(), Struct { fields });
-        Metadata {
-            filter_metadata,
-            ..Default::default()
-        }
+        Metadata { filter_metadata, ..Default::default() }
     });
     LbEndpoint {
         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
@@ -232,9 +217,7 @@ fn lb_endpoint(ep: &Endpoint, port: u16) -> LbEndpoint {
         })),
         health_status: HealthStatus::Healthy as i32,
         metadata,
-        load_balancing_weight: Some(UInt32Value {
-            value: ep.weight.max(1),
-        }),
+        load_balancing_weight: Some(UInt32Value { value: ep.weight.max(1) }),
     }
 }
 
@@ -260,10 +243,7 @@ pub fn locality_lb_endpoints(
             continue;
         }
         let Some(p) = svc.endpoint_port(ep, port) else { continue };
-        by_locality
-            .entry(ep.locality.as_deref().unwrap_or_default())
-            .or_default()
-            .push(lb_endpoint(ep, p));
+        by_locality.entry(ep.locality.as_deref().unwrap_or_default()).or_default().push(lb_endpoint(ep, p));
     }
     if by_locality.is_empty()
         && labels.is_none_or(|l| l.is_empty())
@@ -403,11 +383,7 @@ mod tests {
                 endpoints: locality_lb_endpoints(&s, &p, EndpointFilter::Eds, labels),
                 ..Default::default()
             };
-            let mut got = ClusterLoadAssignment {
-                cluster_name: "c".into(),
-                ..Default::default()
-            }
-            .encode_to_vec();
+            let mut got = ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() }.encode_to_vec();
             encode_locality_endpoints(&s, &p, labels, &mut got);
             assert_eq!(got, want.encode_to_vec());
         }
@@ -417,7 +393,8 @@ mod tests {
     #[case(EndpointFilter::Eds, 0)]
     #[case(EndpointFilter::Dns, 1)]
     fn hostnames_only_in_dns_clusters(#[case] filter: EndpointFilter, #[case] want: usize) {
-        let (s, p) = svc(Resolution::Dns, ServiceOrigin::ServiceEntry, vec![ep("db.example.com", true, false, 0, None)]);
+        let (s, p) =
+            svc(Resolution::Dns, ServiceOrigin::ServiceEntry, vec![ep("db.example.com", true, false, 0, None)]);
         let n: usize = locality_lb_endpoints(&s, &p, filter, None).iter().map(|l| l.lb_endpoints.len()).sum();
         assert_eq!(n, want);
     }
@@ -430,7 +407,9 @@ mod tests {
         let lb_endpoint::HostIdentifier::Endpoint(e) = l[0].lb_endpoints[0].host_identifier.clone().unwrap() else {
             panic!("not an endpoint")
         };
-        let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) = e.address.unwrap().address else {
+        let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) =
+            e.address.unwrap().address
+        else {
             panic!("not a socket address")
         };
         assert_eq!(sa.address, "a.default.svc.cluster.local");

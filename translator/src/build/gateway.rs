@@ -20,18 +20,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions;
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
-use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost, virtual_host::TlsRequirementType};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteConfiguration, VirtualHost, virtual_host::TlsRequirementType,
+};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, Rds,
     http_connection_manager::{ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails},
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
-use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::http_route::{self, RouteOpts, sort_catch_all_last};
-use super::listener::{ALL_ISTIO_MTLS_ALPNS, base_hcm, hcm_filter, network_filters, single_destination_filter, tls_inspector};
+use super::listener::{
+    ALL_ISTIO_MTLS_ALPNS, base_hcm, hcm_filter, network_filters, single_destination_filter, tls_inspector,
+};
 use super::route::{MAX_DIRECT_RESPONSE_BODY_BYTES, add_route_configuration};
 use super::tls::{ServerKind, downstream_transport_socket, gateway_tls_context};
 use super::{Ctx, ads_config_source, secs, socket_addr};
@@ -63,11 +67,7 @@ impl ServerRef<'_> {
     }
 
     fn protocol(&self) -> Protocol {
-        self.server
-            .port
-            .as_ref()
-            .and_then(|p| Protocol::parse(&p.protocol))
-            .unwrap_or(Protocol::Tcp)
+        self.server.port.as_ref().and_then(|p| Protocol::parse(&p.protocol)).unwrap_or(Protocol::Tcp)
     }
 
     fn tls_mode(&self) -> Option<ServerTlsMode> {
@@ -95,12 +95,8 @@ impl ServerRef<'_> {
 
     /// Server hosts without their namespace part, deduplicated and sorted (SNI names).
     fn sni_hosts(&self) -> Vec<String> {
-        let set: BTreeSet<&str> = self
-            .server
-            .hosts
-            .iter()
-            .map(|h| h.split_once('/').map_or(h.as_str(), |(_, h)| h))
-            .collect();
+        let set: BTreeSet<&str> =
+            self.server.hosts.iter().map(|h| h.split_once('/').map_or(h.as_str(), |(_, h)| h)).collect();
         set.into_iter().map(str::to_string).collect()
     }
 }
@@ -157,12 +153,7 @@ pub fn merge<'a>(ctx: &Ctx<'a>) -> MergedGateway<'a> {
                 continue;
             };
             let lport = listener_port(ctx, &own, port);
-            let mut s = ServerRef {
-                server,
-                gateway: gw,
-                gateway_name: gateway_name.clone(),
-                route_name: None,
-            };
+            let mut s = ServerRef { server, gateway: gw, gateway_name: gateway_name.clone(), route_name: None };
             if server.tls.is_some() {
                 let known = tls_hosts.entry(lport).or_default();
                 if server.hosts.iter().any(|h| known.contains(h.as_str())) {
@@ -208,7 +199,11 @@ pub fn merge<'a>(ctx: &Ctx<'a>) -> MergedGateway<'a> {
                     out.ports.insert(
                         lport,
                         PortServers {
-                            bind: server.bind.clone().filter(|b| !b.is_empty()).unwrap_or_else(|| names::WILDCARD_ADDRESS.to_string()),
+                            bind: server
+                                .bind
+                                .clone()
+                                .filter(|b| !b.is_empty())
+                                .unwrap_or_else(|| names::WILDCARD_ADDRESS.to_string()),
                             plaintext: !s.is_tls(),
                             servers: vec![s],
                         },
@@ -217,11 +212,8 @@ pub fn merge<'a>(ctx: &Ctx<'a>) -> MergedGateway<'a> {
             }
         }
     }
-    out.auto_passthrough = out
-        .ports
-        .values()
-        .flat_map(|p| p.servers.iter())
-        .any(|s| s.tls_mode() == Some(ServerTlsMode::AutoPassthrough));
+    out.auto_passthrough =
+        out.ports.values().flat_map(|p| p.servers.iter()).any(|s| s.tls_mode() == Some(ServerTlsMode::AutoPassthrough));
     out
 }
 
@@ -286,12 +278,7 @@ struct GatewayChain {
 
 impl GatewayChain {
     fn new(filters: Vec<Filter>) -> Self {
-        GatewayChain {
-            sni_hosts: Vec::new(),
-            alpn: Vec::new(),
-            tls: None,
-            filters,
-        }
+        GatewayChain { sni_hosts: Vec::new(), alpn: Vec::new(), tls: None, filters }
     }
 
     fn into_filter_chain(self) -> FilterChain {
@@ -301,11 +288,7 @@ impl GatewayChain {
         } else {
             let mut server_names = if wildcard { Vec::new() } else { self.sni_hosts };
             server_names.sort();
-            Some(FilterChainMatch {
-                server_names,
-                application_protocols: self.alpn,
-                ..Default::default()
-            })
+            Some(FilterChainMatch { server_names, application_protocols: self.alpn, ..Default::default() })
         };
         FilterChain {
             filter_chain_match,
@@ -342,7 +325,12 @@ fn gateway_hcm(stat_prefix: &str, rds: &str, protocol: Protocol) -> HttpConnecti
 }
 
 /// Filter chains of one server on a non-HTTP listener.
-fn server_chains(ctx: &Ctx<'_>, s: &ServerRef<'_>, listener: &str, tls_hosts: &mut BTreeSet<String>) -> Vec<GatewayChain> {
+fn server_chains(
+    ctx: &Ctx<'_>,
+    s: &ServerRef<'_>,
+    listener: &str,
+    tls_hosts: &mut BTreeSet<String>,
+) -> Vec<GatewayChain> {
     let Some(tls) = &s.server.tls else {
         // Opaque TCP: the first matching VirtualService tcp route.
         return tcp_route_filters(ctx, s).map(GatewayChain::new).into_iter().collect();
@@ -387,7 +375,8 @@ fn vs_matches_server(vs: &VirtualServiceConfig, server: &Server) -> bool {
 }
 
 fn l4_gateway_match(match_port: Option<u32>, gateways: &[String], server_port: u16, gateway: &str) -> bool {
-    match_port.is_none_or(|p| p == 0 || p == u32::from(server_port)) && (gateways.is_empty() || gateways.iter().any(|g| g == gateway))
+    match_port.is_none_or(|p| p == 0 || p == u32::from(server_port))
+        && (gateways.is_empty() || gateways.iter().any(|g| g == gateway))
 }
 
 /// The tcp_proxy of the first VirtualService `tcp` route matching the server.
@@ -399,10 +388,7 @@ fn tcp_route_filters(ctx: &Ctx<'_>, s: &ServerRef<'_>) -> Option<Vec<Filter>> {
         }
         for tcp in &vs.spec.tcp {
             let matched = tcp.r#match.is_empty()
-                || tcp
-                    .r#match
-                    .iter()
-                    .any(|m| l4_gateway_match(m.port, &m.gateways, port, &s.gateway_name));
+                || tcp.r#match.iter().any(|m| l4_gateway_match(m.port, &m.gateways, port, &s.gateway_name));
             if matched && !tcp.route.is_empty() {
                 return Some(network_filters(ctx, vs, &tcp.route, port));
             }
@@ -459,7 +445,8 @@ fn auto_passthrough_chains(ctx: &Ctx<'_>, hosts: &[String]) -> Vec<GatewayChain>
         for port in &svc.ports {
             for subset in &subsets {
                 let cluster = names::sni_cluster(port.port, subset, &svc.hostname);
-                let mut chain = GatewayChain::new(vec![single_destination_filter(ctx, &cluster, &svc.hostname, port.port)]);
+                let mut chain =
+                    GatewayChain::new(vec![single_destination_filter(ctx, &cluster, &svc.hostname, port.port)]);
                 chain.sni_hosts = vec![cluster];
                 chain.alpn = ALL_ISTIO_MTLS_ALPNS.iter().map(|s| s.to_string()).collect();
                 out.push(chain);
@@ -513,11 +500,7 @@ fn route_config(ctx: &Ctx<'_>, name: &str, servers: &[ServerRef<'_>]) -> RouteCo
                     http_route::virtual_service_routes(
                         ctx,
                         vs,
-                        &RouteOpts {
-                            listen_port: port,
-                            gateway_names: &gateway,
-                            is_tls: s.server.tls.is_some(),
-                        },
+                        &RouteOpts { listen_port: port, gateway_names: &gateway, is_tls: s.server.tls.is_some() },
                     )
                 })
                 .clone();
@@ -581,21 +564,14 @@ fn route_config(ctx: &Ctx<'_>, name: &str, servers: &[ServerRef<'_>]) -> RouteCo
         virtual_hosts,
         validate_clusters: Some(BoolValue { value: false }),
         ignore_port_in_host_matching: true,
-        max_direct_response_body_size_bytes: Some(UInt32Value {
-            value: MAX_DIRECT_RESPONSE_BODY_BYTES,
-        }),
+        max_direct_response_body_size_bytes: Some(UInt32Value { value: MAX_DIRECT_RESPONSE_BODY_BYTES }),
         ..Default::default()
     }
 }
 
 /// Position of a VirtualService in the world (its identity for route collapsing).
 fn vs_id(ctx: &Ctx<'_>, vs: &VirtualServiceConfig) -> usize {
-    ctx.world
-        .config
-        .virtual_services
-        .iter()
-        .position(|v| std::ptr::eq(v.as_ref(), vs))
-        .unwrap_or(usize::MAX)
+    ctx.world.config.virtual_services.iter().position(|v| std::ptr::eq(v.as_ref(), vs)).unwrap_or(usize::MAX)
 }
 
 /// Hosts in both lists, the narrower of each matching pair (istiod's `Names.Intersection`).
@@ -625,9 +601,9 @@ fn intersection<'h>(server_hosts: &[&'h str], vs_hosts: &'h [String]) -> Vec<&'h
 fn collapse(vhosts: BTreeMap<String, GatewayVhost>) -> Vec<VirtualHost> {
     let mut out: Vec<GatewayVhost> = Vec::with_capacity(vhosts.len());
     for (_, v) in vhosts {
-        let twin = out.iter_mut().find(|p| {
-            !v.origins.is_empty() && p.origins == v.origins && p.vhost.require_tls == v.vhost.require_tls
-        });
+        let twin = out
+            .iter_mut()
+            .find(|p| !v.origins.is_empty() && p.origins == v.origins && p.vhost.require_tls == v.vhost.require_tls);
         match twin {
             Some(p) => p.vhost.domains.extend(v.vhost.domains),
             None => out.push(v),
@@ -656,23 +632,38 @@ mod tests {
     #[test]
     fn merge_keeps_the_first_protocol_per_port_and_skips_duplicate_tls_hosts() {
         let objs: Vec<_> = vec![
-            gateway("a", "2024-01-01T00:00:00Z", "gw", json!([
-                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["a.com"]},
-                {"port": {"number": 443, "name": "https-a", "protocol": "HTTPS"}, "hosts": ["a.com"],
-                 "tls": {"mode": "SIMPLE", "credentialName": "a"}}
-            ])),
-            gateway("b", "2024-02-01T00:00:00Z", "gw", json!([
-                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["b.com"]},
-                {"port": {"number": 80, "name": "tcp", "protocol": "TCP"}, "hosts": ["c.com"]},
-                {"port": {"number": 443, "name": "https-b", "protocol": "HTTPS"}, "hosts": ["a.com"],
-                 "tls": {"mode": "SIMPLE", "credentialName": "b"}},
-                {"port": {"number": 443, "name": "https-c", "protocol": "HTTPS"}, "hosts": ["c.com"],
-                 "tls": {"mode": "SIMPLE", "credentialName": "c"}}
-            ])),
+            gateway(
+                "a",
+                "2024-01-01T00:00:00Z",
+                "gw",
+                json!([
+                    {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["a.com"]},
+                    {"port": {"number": 443, "name": "https-a", "protocol": "HTTPS"}, "hosts": ["a.com"],
+                     "tls": {"mode": "SIMPLE", "credentialName": "a"}}
+                ]),
+            ),
+            gateway(
+                "b",
+                "2024-02-01T00:00:00Z",
+                "gw",
+                json!([
+                    {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["b.com"]},
+                    {"port": {"number": 80, "name": "tcp", "protocol": "TCP"}, "hosts": ["c.com"]},
+                    {"port": {"number": 443, "name": "https-b", "protocol": "HTTPS"}, "hosts": ["a.com"],
+                     "tls": {"mode": "SIMPLE", "credentialName": "b"}},
+                    {"port": {"number": 443, "name": "https-c", "protocol": "HTTPS"}, "hosts": ["c.com"],
+                     "tls": {"mode": "SIMPLE", "credentialName": "c"}}
+                ]),
+            ),
             // Selects other pods.
-            gateway("other", "2024-01-01T00:00:00Z", "elsewhere", json!([
-                {"port": {"number": 9000, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}
-            ])),
+            gateway(
+                "other",
+                "2024-01-01T00:00:00Z",
+                "elsewhere",
+                json!([
+                    {"port": {"number": 9000, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}
+                ]),
+            ),
         ]
         .into_iter()
         .map(|v| parse_object(v).unwrap())
@@ -693,11 +684,8 @@ mod tests {
         // Both HTTP servers share `http.80`; the TCP server on an HTTP port is dropped.
         assert_eq!(merged.routes["http.80"].len(), 2);
         // a.com is already served on 443: gateway b's https-b is dropped.
-        let on_443: Vec<&str> = merged.ports[&443]
-            .servers
-            .iter()
-            .map(|s| s.server.port.as_ref().unwrap().name.as_str())
-            .collect();
+        let on_443: Vec<&str> =
+            merged.ports[&443].servers.iter().map(|s| s.server.port.as_ref().unwrap().name.as_str()).collect();
         assert_eq!(on_443, vec!["https-a", "https-c"]);
         assert!(!merged.auto_passthrough);
     }

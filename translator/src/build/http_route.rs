@@ -121,29 +121,17 @@ fn source_matches(ctx: &Ctx<'_>, m: &HttpMatchRequest, gateways: &[&str]) -> boo
         return m.gateways.iter().any(|g| gateways.contains(&g.as_str()));
     }
     let labels_ok = m.source_labels.iter().all(|(k, v)| ctx.proxy.labels.get(k) == Some(v));
-    labels_ok
-        && m
-            .source_namespace
-            .as_deref()
-            .is_none_or(|ns| ns.is_empty() || ns == ctx.proxy.namespace)
+    labels_ok && m.source_namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == ctx.proxy.namespace)
 }
 
 /// `{istio: {config: /apis/networking.istio.io/v1/namespaces/<ns>/virtual-service/<name>}}`.
 fn config_metadata(path: String) -> Metadata {
     let mut fields = std::collections::HashMap::with_capacity(1);
-    fields.insert(
-        "config".to_string(),
-        Value {
-            kind: Some(value::Kind::StringValue(path)),
-        },
-    );
+    fields.insert("config".to_string(), Value { kind: Some(value::Kind::StringValue(path)) });
     let mut filter_metadata = std::collections::HashMap::with_capacity(1);
     // One key per map: encoding stays deterministic despite prost's HashMaps.
     filter_metadata.insert("istio".to_string(), Struct { fields });
-    Metadata {
-        filter_metadata,
-        ..Default::default()
-    }
+    Metadata { filter_metadata, ..Default::default() }
 }
 
 /// Route metadata naming the VirtualService (cached per VirtualService: one string per route).
@@ -214,10 +202,8 @@ fn translate_route(
     } else {
         route_destination(ctx, http, opts.listen_port, &authority, &mut out);
     }
-    out.decorator = Some(Decorator {
-        operation: route_operation(&out, &vs.meta.name, opts.listen_port),
-        ..Default::default()
-    });
+    out.decorator =
+        Some(Decorator { operation: route_operation(&out, &vs.meta.name, opts.listen_port), ..Default::default() });
     if let Some(f) = http.fault.as_ref().and_then(translate_fault) {
         out.typed_per_filter_config.insert(FAULT_FILTER.to_string(), any(&f));
     }
@@ -229,10 +215,7 @@ fn translate_route(
 
 /// istiod's `TranslateRouteMatch`.
 fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
-    let mut out = RouteMatch {
-        path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
-        ..Default::default()
-    };
+    let mut out = RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".to_string())), ..Default::default() };
     let Some(m) = m else { return out };
     for (name, sm) in &m.headers {
         out.headers.push(header_matcher(name, sm));
@@ -253,17 +236,13 @@ fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
             Some(StringMatchKind::Exact(e)) => out.path_specifier = Some(PathSpecifier::Path(e.to_string())),
             Some(StringMatchKind::Prefix(p)) => out.path_specifier = Some(PathSpecifier::Prefix(p.to_string())),
             Some(StringMatchKind::Regex(r)) => {
-                out.path_specifier = Some(PathSpecifier::SafeRegex(RegexMatcher {
-                    regex: r.to_string(),
-                    ..Default::default()
-                }))
+                out.path_specifier =
+                    Some(PathSpecifier::SafeRegex(RegexMatcher { regex: r.to_string(), ..Default::default() }))
             }
             None => {}
         }
     }
-    out.case_sensitive = Some(BoolValue {
-        value: !m.ignore_uri_case.unwrap_or(false),
-    });
+    out.case_sensitive = Some(BoolValue { value: !m.ignore_uri_case.unwrap_or(false) });
     if let Some(method) = &m.method {
         out.headers.push(header_matcher(":method", method));
     }
@@ -300,16 +279,12 @@ pub fn string_matcher(sm: &StringMatch) -> StringMatcher {
     let pattern = match sm.kind() {
         Some(StringMatchKind::Exact(e)) => Some(MatchPattern::Exact(e.to_string())),
         Some(StringMatchKind::Prefix(p)) => Some(MatchPattern::Prefix(p.to_string())),
-        Some(StringMatchKind::Regex(r)) => Some(MatchPattern::SafeRegex(RegexMatcher {
-            regex: r.to_string(),
-            ..Default::default()
-        })),
+        Some(StringMatchKind::Regex(r)) => {
+            Some(MatchPattern::SafeRegex(RegexMatcher { regex: r.to_string(), ..Default::default() }))
+        }
         None => None,
     };
-    StringMatcher {
-        match_pattern: pattern,
-        ignore_case: false,
-    }
+    StringMatcher { match_pattern: pattern, ignore_case: false }
 }
 
 fn header_matcher(name: &str, sm: &StringMatch) -> HeaderMatcher {
@@ -355,11 +330,7 @@ fn header_values(headers: &BTreeMap<String, String>, append: bool, authority: &m
             continue;
         }
         out.push(HeaderValueOption {
-            header: Some(HeaderValue {
-                key: k.clone(),
-                value: v.clone(),
-                ..Default::default()
-            }),
+            header: Some(HeaderValue { key: k.clone(), value: v.clone(), ..Default::default() }),
             append_action: if append {
                 HeaderAppendAction::AppendIfExistsOrAdd as i32
             } else {
@@ -424,11 +395,7 @@ fn redirect_action(r: &HttpRedirect, port: u16, is_tls: bool) -> Option<Action> 
             (None, Some(RedirectPortSelection::FromRequestPort)) => a.port_redirect = u32::from(port),
             (None, _) => {}
         }
-        let scheme = r
-            .scheme
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .unwrap_or(if is_tls { "https" } else { "http" });
+        let scheme = r.scheme.as_deref().filter(|s| !s.is_empty()).unwrap_or(if is_tls { "https" } else { "http" });
         // No explicit :80 / :443 for their own scheme.
         if (a.port_redirect == 80 && scheme == "http") || (a.port_redirect == 443 && scheme == "https") {
             a.port_redirect = 0;
@@ -474,10 +441,7 @@ fn route_destination(ctx: &Ctx<'_>, http: &HttpRoute, listen_port: u16, authorit
     if let Some(rw) = &http.rewrite {
         if let Some(rr) = &rw.uri_regex_rewrite {
             action.regex_rewrite = Some(RegexMatchAndSubstitute {
-                pattern: Some(RegexMatcher {
-                    regex: rr.r#match.clone(),
-                    ..Default::default()
-                }),
+                pattern: Some(RegexMatcher { regex: rr.r#match.clone(), ..Default::default() }),
                 substitution: rr.rewrite.clone(),
             });
         } else if let Some(uri) = rw.uri.as_deref().filter(|u| !u.is_empty()) {
@@ -508,11 +472,8 @@ fn route_destination(ctx: &Ctx<'_>, http: &HttpRoute, listen_port: u16, authorit
     if http.route.len() == 1 {
         let dst = &http.route[0];
         if let Some(d) = &dst.destination {
-            action.cluster_specifier = Some(ClusterSpecifier::Cluster(destination_cluster(
-                d,
-                ctx.service(&d.host),
-                listen_port,
-            )));
+            action.cluster_specifier =
+                Some(ClusterSpecifier::Cluster(destination_cluster(d, ctx.service(&d.host), listen_port)));
             if let Some(h) = &dst.headers {
                 let ops = header_operations(h);
                 out.request_headers_to_add.extend(ops.request_add);
@@ -537,9 +498,7 @@ fn route_destination(ctx: &Ctx<'_>, http: &HttpRoute, listen_port: u16, authorit
             let (Some(d), true) = (&dst.destination, dst.weight > 0) else { continue };
             let mut cw = ClusterWeight {
                 name: destination_cluster(d, ctx.service(&d.host), listen_port),
-                weight: Some(UInt32Value {
-                    value: u32::try_from(dst.weight).unwrap_or(0),
-                }),
+                weight: Some(UInt32Value { value: u32::try_from(dst.weight).unwrap_or(0) }),
                 ..Default::default()
             };
             if let Some(h) = &dst.headers {
@@ -549,7 +508,8 @@ fn route_destination(ctx: &Ctx<'_>, http: &HttpRoute, listen_port: u16, authorit
                 cw.response_headers_to_add = ops.response_add;
                 cw.response_headers_to_remove = ops.response_remove;
                 if !ops.authority.is_empty() {
-                    cw.host_rewrite_specifier = Some(cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(ops.authority));
+                    cw.host_rewrite_specifier =
+                        Some(cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(ops.authority));
                 }
             }
             if let Some(h) = destination_hash(ctx, d).and_then(|h| hash_policy(&h)) {
@@ -557,20 +517,15 @@ fn route_destination(ctx: &Ctx<'_>, http: &HttpRoute, listen_port: u16, authorit
             }
             clusters.push(cw);
         }
-        action.cluster_specifier = Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
-            clusters,
-            ..Default::default()
-        }));
+        action.cluster_specifier =
+            Some(ClusterSpecifier::WeightedClusters(WeightedCluster { clusters, ..Default::default() }));
     }
     action.retry_policy = retry_policy(http.retries.as_ref(), consistent_hash);
     out.action = Some(Action::Route(action));
 }
 
 fn fraction(numerator: u32, denominator: DenominatorType) -> FractionalPercent {
-    FractionalPercent {
-        numerator,
-        denominator: denominator as i32,
-    }
+    FractionalPercent { numerator, denominator: denominator as i32 }
 }
 
 /// Istio `Percent` (0-100, fractional) as parts per million.
@@ -588,10 +543,7 @@ fn mirror_percent(p: Option<&Percent>, legacy: Option<u32>) -> Option<RuntimeFra
         (None, Some(_)) => return None,
         (None, None) => fraction(100, DenominatorType::Hundred),
     };
-    Some(RuntimeFractionalPercent {
-        default_value: Some(value),
-        ..Default::default()
-    })
+    Some(RuntimeFractionalPercent { default_value: Some(value), ..Default::default() })
 }
 
 fn mirror_policy(cluster: String, fraction: RuntimeFractionalPercent) -> RequestMirrorPolicy {
@@ -646,10 +598,7 @@ pub fn service_hash(ctx: &Ctx<'_>, svc: &Service, port: u16) -> Option<HashPolic
 /// A route hash policy from consistent-hash settings (ring hash / maglev pick the upstream by it).
 pub fn hash_policy(h: &ConsistentHashLb) -> Option<HashPolicy> {
     let spec = if let Some(name) = &h.http_header_name {
-        hash_policy::PolicySpecifier::Header(hash_policy::Header {
-            header_name: name.clone(),
-            ..Default::default()
-        })
+        hash_policy::PolicySpecifier::Header(hash_policy::Header { header_name: name.clone(), ..Default::default() })
     } else if let Some(c) = &h.http_cookie {
         hash_policy::PolicySpecifier::Cookie(hash_policy::Cookie {
             name: c.name.clone(),
@@ -664,10 +613,7 @@ pub fn hash_policy(h: &ConsistentHashLb) -> Option<HashPolicy> {
     } else {
         return None;
     };
-    Some(HashPolicy {
-        policy_specifier: Some(spec),
-        terminal: false,
-    })
+    Some(HashPolicy { policy_specifier: Some(spec), terminal: false })
 }
 
 /// Istio's default retry policy: 2 retries on connection failures, refused streams and gRPC
@@ -702,9 +648,7 @@ pub fn retry_policy(r: Option<&HttpRetry>, consistent_hash: bool) -> Option<Retr
     if r.attempts <= 0 {
         return None;
     }
-    out.num_retries = Some(UInt32Value {
-        value: u32::try_from(r.attempts).unwrap_or(0),
-    });
+    out.num_retries = Some(UInt32Value { value: u32::try_from(r.attempts).unwrap_or(0) });
     if let Some(on) = r.retry_on.as_deref().filter(|s| !s.is_empty()) {
         let mut conditions = Vec::new();
         let mut codes = Vec::new();
@@ -735,10 +679,7 @@ pub fn retry_policy(r: Option<&HttpRetry>, consistent_hash: bool) -> Option<Retr
         });
     }
     if let Some(b) = r.backoff.as_deref().and_then(proto_duration) {
-        out.retry_back_off = Some(RetryBackOff {
-            base_interval: Some(b),
-            ..Default::default()
-        });
+        out.retry_back_off = Some(RetryBackOff { base_interval: Some(b), ..Default::default() });
     }
     Some(out)
 }
@@ -770,11 +711,7 @@ fn translate_fault(f: &HttpFaultInjection) -> Option<HttpFault> {
     if delay.is_none() && abort.is_none() {
         return None;
     }
-    Some(HttpFault {
-        delay,
-        abort,
-        ..Default::default()
-    })
+    Some(HttpFault { delay, abort, ..Default::default() })
 }
 
 fn translate_abort(a: &IstioAbort) -> Option<FaultAbort> {
@@ -799,10 +736,7 @@ fn translate_cors(c: &CorsPolicy) -> EnvoyCorsPolicy {
     } else {
         c.allow_origin
             .iter()
-            .map(|o| StringMatcher {
-                match_pattern: Some(MatchPattern::Exact(o.clone())),
-                ignore_case: false,
-            })
+            .map(|o| StringMatcher { match_pattern: Some(MatchPattern::Exact(o.clone())), ignore_case: false })
             .collect()
     };
     EnvoyCorsPolicy {
@@ -837,10 +771,7 @@ fn route_operation(r: &Route, vs_name: &str, port: u16) -> String {
         Some(PathSpecifier::SafeRegex(re)) => re.regex.clone(),
         _ => "/*".to_string(),
     };
-    if let Some(Action::Route(RouteAction {
-        cluster_specifier: Some(ClusterSpecifier::Cluster(c)),
-        ..
-    })) = &r.action
+    if let Some(Action::Route(RouteAction { cluster_specifier: Some(ClusterSpecifier::Cluster(c)), .. })) = &r.action
         && let Some(parsed) = names::parse_cluster(c)
     {
         return format!("{}:{}{path}", parsed.host, parsed.port);

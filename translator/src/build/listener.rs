@@ -11,9 +11,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::{CidrRange, Metadata, TrafficDirection};
+use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, TransportSocket};
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, ListenerFilterChainMatchPredicate, filter,
-    listener_filter, listener_filter_chain_match_predicate::{MatchSet, Rule},
+    listener_filter,
+    listener_filter_chain_match_predicate::{MatchSet, Rule},
 };
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
@@ -34,7 +36,6 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
-use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, TransportSocket};
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
@@ -45,7 +46,9 @@ use crate::api::istio::RouteDestination;
 use crate::model::config::{VirtualServiceConfig, port_level_policy};
 use crate::model::host::MESH_GATEWAY;
 use crate::model::mtls::{EffectiveMtls, Mtls, workload_mtls};
-use crate::model::{InterceptionMode, OutboundTrafficPolicy, Protocol, Resolution, Service, ServiceOrigin, ServicePort};
+use crate::model::{
+    InterceptionMode, OutboundTrafficPolicy, Protocol, Resolution, Service, ServiceOrigin, ServicePort,
+};
 use crate::names;
 use crate::resources::{ResourceSet, TypeUrl};
 
@@ -64,7 +67,8 @@ const PLAINTEXT_HTTP_ALPNS: [&str; 2] = ["http/1.1", "h2c"];
 /// ALPNs of Istio mTLS clients.
 const MTLS_HTTP_ALPNS: [&str; 3] = ["istio-http/1.0", "istio-http/1.1", "istio-h2"];
 const MTLS_TCP_ALPNS: [&str; 2] = ["istio-peer-exchange", "istio"];
-pub(crate) const ALL_ISTIO_MTLS_ALPNS: [&str; 5] = ["istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"];
+pub(crate) const ALL_ISTIO_MTLS_ALPNS: [&str; 5] =
+    ["istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"];
 
 /// Adds the proxy's listeners to `set` and returns the RDS names they reference.
 pub fn build_listeners(ctx: &Ctx<'_>, set: &mut ResourceSet) -> BTreeSet<String> {
@@ -144,11 +148,7 @@ impl ChainOpts {
     fn conflicts_with(&self, other: &ChainOpts) -> bool {
         let sni = |c: &ChainOpts| c.sni_hosts.iter().filter(|s| *s != "*").cloned().collect::<BTreeSet<_>>();
         let cidr = |c: &ChainOpts| {
-            c.cidrs
-                .iter()
-                .filter(|s| *s != "*" && !s.starts_with("0.0.0.0"))
-                .cloned()
-                .collect::<BTreeSet<_>>()
+            c.cidrs.iter().filter(|s| *s != "*" && !s.starts_with("0.0.0.0")).cloned().collect::<BTreeSet<_>>()
         };
         self.transport_protocol == other.transport_protocol
             && self.application_protocols == other.application_protocols
@@ -186,10 +186,7 @@ pub(crate) fn cidr_range(c: &str) -> Option<CidrRange> {
     if ip == names::WILDCARD_ADDRESS {
         return None;
     }
-    Some(CidrRange {
-        address_prefix: ip.to_string(),
-        prefix_len: Some(UInt32Value { value: len }),
-    })
+    Some(CidrRange { address_prefix: ip.to_string(), prefix_len: Some(UInt32Value { value: len }) })
 }
 
 /// One outbound listener being assembled (istiod's `outboundListenerEntry`).
@@ -258,15 +255,17 @@ pub(crate) fn single_destination_filter(ctx: &Ctx<'_>, cluster: &str, host: &str
             proxy.idle_timeout = tcp.idle_timeout.as_deref().and_then(proto_duration);
         }
     }
-    Filter {
-        name: TCP_PROXY.to_string(),
-        config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
-    }
+    Filter { name: TCP_PROXY.to_string(), config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))) }
 }
 
 /// The tcp_proxy of a VirtualService `tcp`/`tls` route: one destination, or weighted clusters
 /// (weight 0 dropped) with the VirtualService as stat prefix (istiod's `buildOutboundNetworkFilters`).
-pub(crate) fn network_filters(ctx: &Ctx<'_>, vs: &VirtualServiceConfig, routes: &[RouteDestination], port: u16) -> Vec<Filter> {
+pub(crate) fn network_filters(
+    ctx: &Ctx<'_>,
+    vs: &VirtualServiceConfig,
+    routes: &[RouteDestination],
+    port: u16,
+) -> Vec<Filter> {
     if let [single] = routes
         && let Some(d) = &single.destination
     {
@@ -287,15 +286,10 @@ pub(crate) fn network_filters(ctx: &Ctx<'_>, vs: &VirtualServiceConfig, routes: 
         .collect();
     let proxy = TcpProxy {
         stat_prefix: format!("{}.{}", vs.meta.name, vs.meta.namespace),
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
-            clusters,
-        })),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster { clusters })),
         ..Default::default()
     };
-    vec![Filter {
-        name: TCP_PROXY.to_string(),
-        config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
-    }]
+    vec![Filter { name: TCP_PROXY.to_string(), config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))) }]
 }
 
 /// Where traffic to unknown destinations goes: `PassthroughCluster` or `BlackHoleCluster`.
@@ -421,16 +415,8 @@ impl OutboundBuilder<'_, '_> {
         }
         match conflict {
             Conflict::None | Conflict::AutoOverHttp => {
-                self.entries.insert(
-                    key,
-                    Entry {
-                        bind,
-                        port: port.port,
-                        bind_to_port,
-                        protocol: entry_protocol,
-                        chains,
-                    },
-                );
+                self.entries
+                    .insert(key, Entry { bind, port: port.port, bind_to_port, protocol: entry_protocol, chains });
             }
             Conflict::HttpOverTcp | Conflict::TcpOverHttp | Conflict::AutoOverTcp => {
                 if let Some(e) = self.entries.get_mut(&key) {
@@ -454,10 +440,7 @@ impl OutboundBuilder<'_, '_> {
         } else {
             names::route_config(port.port)
         };
-        ChainOpts::new(ChainKind::Http {
-            rds,
-            protocol: port.protocol,
-        })
+        ChainOpts::new(ChainKind::Http { rds, protocol: port.protocol })
     }
 
     /// TCP chains of a service port (istiod's `buildSidecarOutboundTCPListenerOpts`): for TLS
@@ -474,7 +457,8 @@ impl OutboundBuilder<'_, '_> {
             let p = if svc.ports.len() == 1 { svc.ports[0].port } else { port.port };
             let cluster = names::outbound_cluster(p, "", &svc.hostname);
             let target = svc.ports.iter().find(|sp| sp.port == p).unwrap_or(port);
-            let mut filters: Vec<Filter> = super::tls::sniffed_tcp_alpn_override(ctx, svc, target).into_iter().collect();
+            let mut filters: Vec<Filter> =
+                super::tls::sniffed_tcp_alpn_override(ctx, svc, target).into_iter().collect();
             filters.push(single_destination_filter(ctx, &cluster, &svc.hostname, p));
             filters
         };
@@ -483,7 +467,14 @@ impl OutboundBuilder<'_, '_> {
             for vs in &configs {
                 for tls in &vs.spec.tls {
                     for m in &tls.r#match {
-                        if !l4_match(ctx, &m.gateways, &m.source_labels, m.source_namespace.as_deref(), m.port, port.port) {
+                        if !l4_match(
+                            ctx,
+                            &m.gateways,
+                            &m.source_labels,
+                            m.source_namespace.as_deref(),
+                            m.port,
+                            port.port,
+                        ) {
                             continue;
                         }
                         let key = format!("{}|{}", m.sni_hosts.join(","), m.destination_subnets.join(","));
@@ -492,7 +483,11 @@ impl OutboundBuilder<'_, '_> {
                         }
                         let mut chain = ChainOpts::new(ChainKind::Tcp(network_filters(ctx, vs, &tls.route, port.port)));
                         chain.sni_hosts = m.sni_hosts.clone();
-                        chain.cidrs = if m.destination_subnets.is_empty() { cidrs.clone() } else { m.destination_subnets.clone() };
+                        chain.cidrs = if m.destination_subnets.is_empty() {
+                            cidrs.clone()
+                        } else {
+                            m.destination_subnets.clone()
+                        };
                         chain.metadata = Some(virtual_service_metadata(vs));
                         out.push(chain);
                     }
@@ -502,12 +497,12 @@ impl OutboundBuilder<'_, '_> {
                 let mut chain = ChainOpts::new(ChainKind::Tcp(default_filters()));
                 chain.cidrs = cidrs;
                 // Without a VIP to tell services apart, a TLS port is routed by SNI.
-                let listen = svc
-                    .addresses
-                    .first()
-                    .map_or(names::WILDCARD_ADDRESS, String::as_str);
+                let listen = svc.addresses.first().map_or(names::WILDCARD_ADDRESS, String::as_str);
                 let listen = if listen.contains('/') { "" } else { listen };
-                if cidr.is_some() || listen.is_empty() || (listen == names::WILDCARD_ADDRESS && bind == names::WILDCARD_ADDRESS) {
+                if cidr.is_some()
+                    || listen.is_empty()
+                    || (listen == names::WILDCARD_ADDRESS && bind == names::WILDCARD_ADDRESS)
+                {
                     chain.sni_hosts = vec![svc.hostname.clone()];
                 }
                 out.push(chain);
@@ -565,10 +560,7 @@ impl OutboundBuilder<'_, '_> {
 
     fn into_listeners(self, routes: &mut BTreeSet<String>) -> Vec<Listener> {
         let ctx = self.ctx;
-        self.entries
-            .into_values()
-            .map(|e| outbound_listener_from_entry(ctx, e, routes))
-            .collect()
+        self.entries.into_values().map(|e| outbound_listener_from_entry(ctx, e, routes)).collect()
     }
 }
 
@@ -583,16 +575,9 @@ fn merge_chains(e: &mut Entry, incoming: Vec<ChainOpts>) {
 
 fn outbound_listeners(ctx: &Ctx<'_>, routes: &mut BTreeSet<String>) -> Vec<Listener> {
     let none_mode = ctx.proxy.interception == InterceptionMode::None;
-    let mut b = OutboundBuilder {
-        ctx,
-        entries: BTreeMap::new(),
-    };
+    let mut b = OutboundBuilder { ctx, entries: BTreeMap::new() };
     // Without iptables the proxy must really listen: on loopback, at the service port.
-    let (preset, bind_to_port) = if none_mode {
-        (Some(names::LOCALHOST_ADDRESS), true)
-    } else {
-        (None, false)
-    };
+    let (preset, bind_to_port) = if none_mode { (Some(names::LOCALHOST_ADDRESS), true) } else { (None, false) };
     for svc in &ctx.services {
         for port in &svc.ports {
             let lp = listener_protocol(port.protocol);
@@ -618,7 +603,11 @@ fn outbound_listeners(ctx: &Ctx<'_>, routes: &mut BTreeSet<String>) -> Vec<Liste
                 }
                 continue;
             }
-            if preset.is_none() && svc.origin == ServiceOrigin::ServiceEntry && svc.addresses.len() > 1 && lp != ListenerProtocol::Http {
+            if preset.is_none()
+                && svc.origin == ServiceOrigin::ServiceEntry
+                && svc.addresses.len() > 1
+                && lp != ListenerProtocol::Http
+            {
                 for a in &svc.addresses {
                     b.add_for_address(svc, port, None, bind_to_port, Some(a));
                 }
@@ -663,18 +652,11 @@ fn outbound_listener_from_entry(ctx: &Ctx<'_>, e: Entry, routes: &mut BTreeSet<S
                 vec![hcm_filter(&outbound_hcm(&stat_prefix, rds, *protocol))]
             }
         };
-        let chain = FilterChain {
-            filters,
-            metadata: c.metadata.clone(),
-            ..Default::default()
-        };
+        let chain = FilterChain { filters, metadata: c.metadata.clone(), ..Default::default() };
         if c.is_match_all() {
             l.default_filter_chain = Some(chain);
         } else {
-            l.filter_chains.push(FilterChain {
-                filter_chain_match: c.to_match(),
-                ..chain
-            });
+            l.filter_chains.push(FilterChain { filter_chain_match: c.to_match(), ..chain });
         }
     }
     if l.filter_chains.is_empty() {
@@ -721,10 +703,7 @@ fn original_dst() -> ListenerFilter {
 }
 
 pub(crate) fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
-    Filter {
-        name: HTTP_CONNECTION_MANAGER.to_string(),
-        config_type: Some(filter::ConfigType::TypedConfig(any(hcm))),
-    }
+    Filter { name: HTTP_CONNECTION_MANAGER.to_string(), config_type: Some(filter::ConfigType::TypedConfig(any(hcm))) }
 }
 
 fn http_filter<M: prost::Message + prost::Name>(name: &str, config: &M) -> HttpFilter {
@@ -770,10 +749,7 @@ pub(crate) fn base_hcm(stat_prefix: &str, protocol: Protocol) -> HttpConnectionM
         normalize_path: Some(BoolValue { value: true }),
         path_with_escaped_slashes_action: PathWithEscapedSlashesAction::KeepUnchanged as i32,
         use_remote_address: Some(BoolValue { value: false }),
-        upgrade_configs: vec![UpgradeConfig {
-            upgrade_type: "websocket".to_string(),
-            ..Default::default()
-        }],
+        upgrade_configs: vec![UpgradeConfig { upgrade_type: "websocket".to_string(), ..Default::default() }],
         // Disabled: long-lived streams (gRPC, websockets) are the application's business.
         stream_idle_timeout: secs(0),
         request_id_extension: Some(RequestIdExtension {
@@ -829,9 +805,7 @@ fn virtual_outbound_listener(ctx: &Ctx<'_>) -> Listener {
             FilterChain {
                 // Traffic really addressed to 15001 would loop through this listener forever.
                 filter_chain_match: Some(FilterChainMatch {
-                    destination_port: Some(UInt32Value {
-                        value: u32::from(names::VIRTUAL_OUTBOUND_PORT),
-                    }),
+                    destination_port: Some(UInt32Value { value: u32::from(names::VIRTUAL_OUTBOUND_PORT) }),
                     ..Default::default()
                 }),
                 filters: vec![tcp_proxy_filter(names::BLACKHOLE_CLUSTER, names::BLACKHOLE_CLUSTER)],
@@ -975,9 +949,8 @@ impl InboundChain<'_> {
                     None
                 };
                 let filter_chain_match = Some(FilterChainMatch {
-                    destination_port: (self.target_port > 0).then_some(UInt32Value {
-                        value: u32::from(self.target_port),
-                    }),
+                    destination_port: (self.target_port > 0)
+                        .then_some(UInt32Value { value: u32::from(self.target_port) }),
                     transport_protocol: o.transport.to_string(),
                     application_protocols: o.alpn.iter().map(|s| s.to_string()).collect(),
                     ..Default::default()
@@ -1006,9 +979,7 @@ pub fn virtual_inbound_listener(ctx: &Ctx<'_>, tls: &InboundTls) -> Listener {
     let targets = ctx.inbound_targets();
     let mut chains = vec![FilterChain {
         filter_chain_match: Some(FilterChainMatch {
-            destination_port: Some(UInt32Value {
-                value: u32::from(names::VIRTUAL_INBOUND_PORT),
-            }),
+            destination_port: Some(UInt32Value { value: u32::from(names::VIRTUAL_INBOUND_PORT) }),
             ..Default::default()
         }),
         filters: vec![tcp_proxy_filter(names::BLACKHOLE_CLUSTER, names::BLACKHOLE_CLUSTER)],
@@ -1076,17 +1047,14 @@ fn inbound_listener_filters(chains: &[FilterChain]) -> Vec<ListenerFilter> {
     let mut out = vec![original_dst()];
     if by_port.values().any(|(tls, _)| *tls) {
         let default_on = by_port.get(&0).is_some_and(|(tls, _)| *tls);
-        let ports: Vec<u32> = by_port
-            .iter()
-            .filter(|(p, (tls, _))| **p != 0 && *tls != default_on)
-            .map(|(p, _)| *p)
-            .collect();
+        let ports: Vec<u32> =
+            by_port.iter().filter(|(p, (tls, _))| **p != 0 && *tls != default_on).map(|(p, _)| *p).collect();
         let disabled = match (ports.is_empty(), default_on) {
             (true, _) => None,
             (false, true) => Some(exclude_ports(&ports)),
-            (false, false) => Some(ListenerFilterChainMatchPredicate {
-                rule: Some(Rule::NotMatch(Box::new(exclude_ports(&ports)))),
-            }),
+            (false, false) => {
+                Some(ListenerFilterChainMatchPredicate { rule: Some(Rule::NotMatch(Box::new(exclude_ports(&ports)))) })
+            }
         };
         out.push(tls_inspector(disabled));
     }
@@ -1111,9 +1079,7 @@ fn exclude_ports(ports: &[u32]) -> ListenerFilterChainMatchPredicate {
     if rules.len() == 1 {
         rules.remove(0)
     } else {
-        ListenerFilterChainMatchPredicate {
-            rule: Some(Rule::OrMatch(MatchSet { rules })),
-        }
+        ListenerFilterChainMatchPredicate { rule: Some(Rule::OrMatch(MatchSet { rules })) }
     }
 }
 
@@ -1129,10 +1095,7 @@ mod tests {
 
     fn listeners(services: Vec<Service>, interception: InterceptionMode) -> BTreeMap<String, Listener> {
         let world = mk_world(services);
-        let proxy = ProxyProfile {
-            interception,
-            ..sidecar("default")
-        };
+        let proxy = ProxyProfile { interception, ..sidecar("default") };
         let ctx = Ctx::new(&world, &proxy);
         let mut routes = BTreeSet::new();
         outbound_listeners(&ctx, &mut routes).into_iter().map(|l| (l.name.clone(), l)).collect()
@@ -1174,7 +1137,12 @@ mod tests {
     fn http_and_tcp_on_the_wildcard_listener_become_sniffing() {
         let l = listeners(
             vec![
-                mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("http", 7000, Protocol::Http)]),
+                mk_service(
+                    "a.default.svc.cluster.local",
+                    &["10.0.0.1"],
+                    Resolution::Static,
+                    &[("http", 7000, Protocol::Http)],
+                ),
                 mk_service("z.example.com", &[], Resolution::Dns, &[("tcp", 7000, Protocol::Tcp)]),
             ],
             InterceptionMode::Redirect,
@@ -1182,7 +1150,10 @@ mod tests {
         let l = &l["0.0.0.0_7000"];
         // The HTTP chain matches plaintext HTTP; the TCP chain takes the rest instead of passthrough.
         assert_eq!(l.filter_chains.len(), 1);
-        assert_eq!(l.filter_chains[0].filter_chain_match.as_ref().unwrap().application_protocols, vec!["http/1.1", "h2c"]);
+        assert_eq!(
+            l.filter_chains[0].filter_chain_match.as_ref().unwrap().application_protocols,
+            vec!["http/1.1", "h2c"]
+        );
         assert_eq!(tcp_clusters(l.default_filter_chain.as_ref().unwrap()), vec!["outbound|7000||z.example.com"]);
     }
 
@@ -1266,7 +1237,10 @@ mod tests {
             chain(9000, TLS, &[]),
         ];
         let f = inbound_listener_filters(&chains);
-        assert_eq!(f.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), vec![ORIGINAL_DST, TLS_INSPECTOR, HTTP_INSPECTOR]);
+        assert_eq!(
+            f.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            vec![ORIGINAL_DST, TLS_INSPECTOR, HTTP_INSPECTOR]
+        );
         // TLS inspector on by default (passthrough needs it), off where no chain matches TLS.
         assert_eq!(disabled_ports(&f[1]), Some((false, vec![8080, 15006])));
         // HTTP inspector off wherever no chain matches plaintext HTTP ALPN.
@@ -1291,14 +1265,13 @@ mod tests {
     }
 
     fn own_service(protocol: Protocol) -> (World, ProxyProfile) {
-        let mut svc = mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("p", 80, protocol)]);
+        let mut svc =
+            mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("p", 80, protocol)]);
         svc.selector = Some([("app".to_string(), "a".to_string())].into_iter().collect());
         svc.ports[0].target_port = Some(8080);
         let world = mk_world(vec![svc]);
-        let proxy = ProxyProfile {
-            labels: [("app".to_string(), "a".to_string())].into_iter().collect(),
-            ..sidecar("default")
-        };
+        let proxy =
+            ProxyProfile { labels: [("app".to_string(), "a".to_string())].into_iter().collect(), ..sidecar("default") };
         (world, proxy)
     }
 
@@ -1308,8 +1281,9 @@ mod tests {
             .iter()
             .filter_map(|c| {
                 let m = c.filter_chain_match.as_ref()?;
-                (m.destination_port.map(|p| p.value) == Some(8080))
-                    .then(|| (m.transport_protocol.clone(), m.application_protocols.clone(), c.transport_socket.is_some()))
+                (m.destination_port.map(|p| p.value) == Some(8080)).then(|| {
+                    (m.transport_protocol.clone(), m.application_protocols.clone(), c.transport_socket.is_some())
+                })
             })
             .collect()
     }
@@ -1338,7 +1312,8 @@ mod tests {
         let mut tls = InboundTls::for_proxy(&ctx);
         tls.mtls.ports.insert(8080, mode);
         let l = virtual_inbound_listener(&ctx, &tls);
-        let want: Vec<(String, Vec<String>, bool)> = want.into_iter().map(|(t, a, m)| (t.to_string(), s(&a), m)).collect();
+        let want: Vec<(String, Vec<String>, bool)> =
+            want.into_iter().map(|(t, a, m)| (t.to_string(), s(&a), m)).collect();
         assert_eq!(port_chains(&l), want);
     }
 
@@ -1356,6 +1331,11 @@ mod tests {
             .collect();
         assert_eq!(chains.len(), 2);
         assert!(chains.iter().all(|c| c.transport_socket.is_some()));
-        assert!(chains.iter().all(|c| c.name == names::VIRTUAL_INBOUND_LISTENER || c.name == names::VIRTUAL_INBOUND_CATCHALL_HTTP_CHAIN));
+        assert!(
+            chains
+                .iter()
+                .all(|c| c.name == names::VIRTUAL_INBOUND_LISTENER
+                    || c.name == names::VIRTUAL_INBOUND_CATCHALL_HTTP_CHAIN)
+        );
     }
 }

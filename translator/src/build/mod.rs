@@ -29,10 +29,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
+use envoy_types::pb::envoy::config::core::v3::Address;
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address, config_source, socket_address,
 };
-use envoy_types::pb::envoy::config::core::v3::Address;
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use prost::{Message, Name};
 
@@ -176,8 +176,10 @@ impl<'a> Ctx<'a> {
     pub fn destination_rule(&self, hostname: &str) -> Option<Cow<'_, scope::ResolvedRule<'a>>> {
         match self.by_host.get(hostname) {
             Some(i) => self.rules.get(*i).and_then(Option::as_ref).map(Cow::Borrowed),
-            None => scope::lookup_destination_rule(self.world, &self.proxy.namespace, &self.proxy.labels, hostname, None)
-                .map(Cow::Owned),
+            None => {
+                scope::lookup_destination_rule(self.world, &self.proxy.namespace, &self.proxy.labels, hostname, None)
+                    .map(Cow::Owned)
+            }
         }
     }
 
@@ -197,15 +199,8 @@ impl<'a> Ctx<'a> {
                 match by_port.get_mut(&target_port) {
                     Some(existing) => existing.also.push((svc, port)),
                     None => {
-                        by_port.insert(
-                            target_port,
-                            InboundTarget {
-                                service: svc,
-                                port,
-                                target_port,
-                                also: Vec::new(),
-                            },
-                        );
+                        by_port
+                            .insert(target_port, InboundTarget { service: svc, port, target_port, also: Vec::new() });
                     }
                 }
             }
@@ -225,10 +220,9 @@ impl<'a> Ctx<'a> {
             .map(|s| s.as_ref())
             .filter(|svc| {
                 svc.namespace == self.proxy.namespace
-                    && svc
-                        .selector
-                        .as_ref()
-                        .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| self.proxy.labels.get(k) == Some(v)))
+                    && svc.selector.as_ref().is_some_and(|sel| {
+                        !sel.is_empty() && sel.iter().all(|(k, v)| self.proxy.labels.get(k) == Some(v))
+                    })
             })
             .collect();
         own.sort_by(|a, b| a.created.cmp(&b.created));
@@ -293,10 +287,7 @@ pub fn build(world: &World, proxy: &ProxyProfile) -> ResourceSet {
 
 /// Packs a message into an `Any`.
 pub(crate) fn any<M: Message + Name>(m: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: m.encode_to_vec(),
-    }
+    Any { type_url: M::type_url(), value: m.encode_to_vec() }
 }
 
 /// A whole-second duration.
@@ -306,10 +297,7 @@ pub(crate) fn secs(s: i64) -> Option<Duration> {
 
 /// A millisecond duration.
 pub(crate) fn millis(ms: i64) -> Option<Duration> {
-    Some(Duration {
-        seconds: ms / 1000,
-        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
-    })
+    Some(Duration { seconds: ms / 1000, nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0) })
 }
 
 /// Istio's mesh-wide default `connectTimeout`.
@@ -403,7 +391,7 @@ pub mod wire {
     pub struct Struct(Vec<u8>);
 
     impl Struct {
-    /// A struct of `fields`, which must be sorted by key (checked in debug builds).
+        /// A struct of `fields`, which must be sorted by key (checked in debug builds).
         pub fn new(fields: &[(&str, Value)]) -> Struct {
             debug_assert!(fields.windows(2).all(|w| w[0].0 < w[1].0), "struct keys must be sorted");
             let entry_len = |k: &str, v: &Value| field_len(k.len()) + field_len(v.0.len());
@@ -480,7 +468,12 @@ pub(crate) mod tests {
     use crate::resources::TypeUrl;
 
     /// A service with one port per `(name, number, protocol)`.
-    pub(crate) fn mk_service(host: &str, addresses: &[&str], resolution: Resolution, ports: &[(&str, u16, Protocol)]) -> Service {
+    pub(crate) fn mk_service(
+        host: &str,
+        addresses: &[&str],
+        resolution: Resolution,
+        ports: &[(&str, u16, Protocol)],
+    ) -> Service {
         let kube = host.ends_with(".svc.cluster.local");
         Service {
             hostname: host.into(),
@@ -511,23 +504,22 @@ pub(crate) mod tests {
     pub(crate) fn mk_world(services: Vec<Service>) -> World {
         let mut services: Vec<Arc<Service>> = services.into_iter().map(Arc::new).collect();
         services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-        World {
-            services,
-            ..World::default()
-        }
+        World { services, ..World::default() }
     }
 
     pub(crate) fn sidecar(ns: &str) -> ProxyProfile {
-        ProxyProfile {
-            namespace: ns.into(),
-            ..ProxyProfile::default()
-        }
+        ProxyProfile { namespace: ns.into(), ..ProxyProfile::default() }
     }
 
     #[test]
     fn identical_input_gives_identical_versions() {
         // Cluster metadata has several keys; prost would encode HashMaps in varying order.
-        let mut svc = mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("http", 80, Protocol::Http)]);
+        let mut svc = mk_service(
+            "a.default.svc.cluster.local",
+            &["10.0.0.1"],
+            Resolution::Static,
+            &[("http", 80, Protocol::Http)],
+        );
         svc.endpoints.push(Endpoint {
             address: "10.1.0.1".into(),
             ports: [("http".to_string(), 8080)].into_iter().collect(),
@@ -551,11 +543,13 @@ pub(crate) mod tests {
 
     #[test]
     fn gateways_get_clusters_and_endpoints_only() {
-        let world = mk_world(vec![mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("http", 80, Protocol::Http)])]);
-        let proxy = ProxyProfile {
-            node_type: NodeType::Router,
-            ..sidecar("istio-system")
-        };
+        let world = mk_world(vec![mk_service(
+            "a.default.svc.cluster.local",
+            &["10.0.0.1"],
+            Resolution::Static,
+            &[("http", 80, Protocol::Http)],
+        )]);
+        let proxy = ProxyProfile { node_type: NodeType::Router, ..sidecar("istio-system") };
         let set = build(&world, &proxy);
         assert!(set.of(TypeUrl::Listener).is_empty());
         assert!(set.of(TypeUrl::Route).is_empty());
@@ -566,11 +560,13 @@ pub(crate) mod tests {
 
     #[test]
     fn interception_none_has_no_virtual_listeners() {
-        let world = mk_world(vec![mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("http", 80, Protocol::Http)])]);
-        let proxy = ProxyProfile {
-            interception: InterceptionMode::None,
-            ..sidecar("default")
-        };
+        let world = mk_world(vec![mk_service(
+            "a.default.svc.cluster.local",
+            &["10.0.0.1"],
+            Resolution::Static,
+            &[("http", 80, Protocol::Http)],
+        )]);
+        let proxy = ProxyProfile { interception: InterceptionMode::None, ..sidecar("default") };
         let set = build(&world, &proxy);
         let listeners: Vec<&str> = set.of(TypeUrl::Listener).keys().map(String::as_str).collect();
         assert_eq!(listeners, vec!["127.0.0.1_80"]);
@@ -580,7 +576,12 @@ pub(crate) mod tests {
     #[test]
     fn every_rds_name_referenced_has_a_route_configuration() {
         let world = mk_world(vec![
-            mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("http", 80, Protocol::Http), ("", 8000, Protocol::Unspecified)]),
+            mk_service(
+                "a.default.svc.cluster.local",
+                &["10.0.0.1"],
+                Resolution::Static,
+                &[("http", 80, Protocol::Http), ("", 8000, Protocol::Unspecified)],
+            ),
             mk_service("b.example.com", &[], Resolution::Dns, &[("web", 8000, Protocol::Unspecified)]),
         ]);
         let set = build(&world, &sidecar("default"));

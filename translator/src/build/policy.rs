@@ -27,8 +27,8 @@ use super::cluster::ClusterOut;
 use super::http_route::proto_duration;
 use super::{CONNECT_TIMEOUT_SECS, secs};
 use crate::api::istio::{
-    ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings, OutlierDetection, SimpleLb, TcpKeepalive as IstioKeepalive,
-    TrafficPolicy,
+    ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings, OutlierDetection, SimpleLb,
+    TcpKeepalive as IstioKeepalive, TrafficPolicy,
 };
 use crate::model::ServicePort;
 
@@ -112,20 +112,19 @@ fn apply_connection_pool(c: &mut ClusterOut, cp: &ConnectionPoolSettings) {
             apply_keepalive(c, k);
         }
     }
-    c.cluster.circuit_breakers = Some(CircuitBreakers {
-        thresholds: vec![t],
-        ..Default::default()
-    });
-    if max_connection_duration.is_some() || idle_timeout.is_some() || max_requests_per_connection > 0 || max_concurrent_streams > 0 {
+    c.cluster.circuit_breakers = Some(CircuitBreakers { thresholds: vec![t], ..Default::default() });
+    if max_connection_duration.is_some()
+        || idle_timeout.is_some()
+        || max_requests_per_connection > 0
+        || max_concurrent_streams > 0
+    {
         let opts = c.http.get_or_insert_with(HttpProtocolOptions::default);
         let common = opts.common_http_protocol_options.get_or_insert_with(CoreHttpProtocolOptions::default);
         if idle_timeout.is_some() {
             common.idle_timeout = idle_timeout;
         }
         if max_requests_per_connection > 0 {
-            common.max_requests_per_connection = Some(UInt32Value {
-                value: max_requests_per_connection,
-            });
+            common.max_requests_per_connection = Some(UInt32Value { value: max_requests_per_connection });
         }
         if max_connection_duration.is_some() {
             common.max_connection_duration = max_connection_duration;
@@ -135,19 +134,18 @@ fn apply_connection_pool(c: &mut ClusterOut, cp: &ConnectionPoolSettings) {
                 protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(h2)),
             })) = opts.upstream_protocol_options.as_mut()
         {
-            h2.max_concurrent_streams = Some(UInt32Value {
-                value: max_concurrent_streams,
-            });
+            h2.max_concurrent_streams = Some(UInt32Value { value: max_concurrent_streams });
         }
     }
     if cp.http.as_ref().and_then(|h| h.use_client_protocol) == Some(true) {
         // Speak upstream whatever the downstream spoke.
         let opts = c.http.get_or_insert_with(HttpProtocolOptions::default);
-        opts.upstream_protocol_options = Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
-            http_protocol_options: Some(Http1ProtocolOptions::default()),
-            http2_protocol_options: Some(Http2ProtocolOptions::default()),
-            ..Default::default()
-        }));
+        opts.upstream_protocol_options =
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+                http_protocol_options: Some(Http1ProtocolOptions::default()),
+                http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                ..Default::default()
+            }));
     }
 }
 
@@ -177,10 +175,7 @@ fn should_h2_upgrade(cp: &ConnectionPoolSettings) -> bool {
 /// (enforced 100%) when its count is set; panic threshold from `minHealthPercent` (0 when unset,
 /// as Kubernetes services often have few pods).
 fn apply_outlier_detection(c: &mut ClusterOut, o: &OutlierDetection) {
-    let mut out = EnvoyOutlier {
-        enforcing_success_rate: Some(UInt32Value { value: 0 }),
-        ..Default::default()
-    };
+    let mut out = EnvoyOutlier { enforcing_success_rate: Some(UInt32Value { value: 0 }), ..Default::default() };
     let enforce = |v: u32| Some(UInt32Value { value: if v > 0 { 100 } else { 0 } });
     if let Some(v) = o.consecutive_5xx_errors {
         out.consecutive_5xx = Some(UInt32Value { value: v });
@@ -210,12 +205,8 @@ fn apply_outlier_detection(c: &mut ClusterOut, o: &OutlierDetection) {
     c.cluster.outlier_detection = Some(out);
     let min_health = o.min_health_percent.unwrap_or(0);
     if min_health >= 0 {
-        c.cluster
-            .common_lb_config
-            .get_or_insert_with(CommonLbConfig::default)
-            .healthy_panic_threshold = Some(EnvoyPercent {
-            value: f64::from(min_health),
-        });
+        c.cluster.common_lb_config.get_or_insert_with(CommonLbConfig::default).healthy_panic_threshold =
+            Some(EnvoyPercent { value: f64::from(min_health) });
     }
 }
 
@@ -230,14 +221,13 @@ fn apply_load_balancer(c: &mut ClusterOut, lb: Option<&LoadBalancerSettings>, _p
     if let Some(l) = lb.and_then(|l| l.locality_lb_setting.as_ref())
         && l.enabled != Some(false)
     {
-        let failover = c.cluster.outlier_detection.is_some() && (!l.failover.is_empty() || !l.failover_priority.is_empty());
+        let failover =
+            c.cluster.outlier_detection.is_some() && (!l.failover.is_empty() || !l.failover_priority.is_empty());
         if failover || !l.distribute.is_empty() {
-            c.cluster
-                .common_lb_config
-                .get_or_insert_with(CommonLbConfig::default)
-                .locality_config_specifier = Some(common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
-                common_lb_config::LocalityWeightedLbConfig::default(),
-            ));
+            c.cluster.common_lb_config.get_or_insert_with(CommonLbConfig::default).locality_config_specifier =
+                Some(common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                    common_lb_config::LocalityWeightedLbConfig::default(),
+                ));
         }
     }
     if is_original_dst(c) {
@@ -251,9 +241,8 @@ fn apply_load_balancer(c: &mut ClusterOut, lb: Option<&LoadBalancerSettings>, _p
         Some(SimpleLb::RoundRobin) => {
             c.cluster.lb_policy = LbPolicy::RoundRobin as i32;
             if let Some(s) = slow_start {
-                c.cluster.lb_config = Some(LbConfig::RoundRobinLbConfig(RoundRobinLbConfig {
-                    slow_start_config: Some(s),
-                }));
+                c.cluster.lb_config =
+                    Some(LbConfig::RoundRobinLbConfig(RoundRobinLbConfig { slow_start_config: Some(s) }));
             }
         }
         Some(SimpleLb::Passthrough) => {
@@ -277,11 +266,10 @@ fn apply_load_balancer(c: &mut ClusterOut, lb: Option<&LoadBalancerSettings>, _p
     if let Some(h) = lb.and_then(|l| l.consistent_hash.as_ref()) {
         if let Some(m) = &h.maglev {
             c.cluster.lb_policy = LbPolicy::Maglev as i32;
-            c.cluster.lb_config = m.table_size.filter(|t| *t != 0).map(|value| {
-                LbConfig::MaglevLbConfig(MaglevLbConfig {
-                    table_size: Some(UInt64Value { value }),
-                })
-            });
+            c.cluster.lb_config = m
+                .table_size
+                .filter(|t| *t != 0)
+                .map(|value| LbConfig::MaglevLbConfig(MaglevLbConfig { table_size: Some(UInt64Value { value }) }));
         } else if let Some(r) = &h.ring_hash {
             c.cluster.lb_policy = LbPolicy::RingHash as i32;
             c.cluster.lb_config = r.minimum_ring_size.filter(|s| *s != 0).map(|value| {
@@ -294,9 +282,7 @@ fn apply_load_balancer(c: &mut ClusterOut, lb: Option<&LoadBalancerSettings>, _p
             // Envoy's own default ring size, or the deprecated top-level setting.
             c.cluster.lb_policy = LbPolicy::RingHash as i32;
             c.cluster.lb_config = Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
-                minimum_ring_size: Some(UInt64Value {
-                    value: h.minimum_ring_size.filter(|s| *s != 0).unwrap_or(1024),
-                }),
+                minimum_ring_size: Some(UInt64Value { value: h.minimum_ring_size.filter(|s| *s != 0).unwrap_or(1024) }),
                 ..Default::default()
             }));
         }
@@ -318,10 +304,7 @@ fn slow_start(lb: &LoadBalancerSettings) -> Option<SlowStartConfig> {
         });
     }
     let window = lb.warmup_duration_secs.as_deref().and_then(proto_duration)?;
-    Some(SlowStartConfig {
-        slow_start_window: Some(window),
-        ..Default::default()
-    })
+    Some(SlowStartConfig { slow_start_window: Some(window), ..Default::default() })
 }
 
 #[cfg(test)]
@@ -408,16 +391,23 @@ mod tests {
         };
         assert_eq!(lb(json!({"simple": "ROUND_ROBIN"}), DiscoveryType::Eds).lb_policy, LbPolicy::RoundRobin as i32);
         assert_eq!(lb(json!({"simple": "RANDOM"}), DiscoveryType::Eds).lb_policy, LbPolicy::Random as i32);
-        assert_eq!(lb(json!({"simple": "RANDOM"}), DiscoveryType::OriginalDst).lb_policy, LbPolicy::ClusterProvided as i32);
+        assert_eq!(
+            lb(json!({"simple": "RANDOM"}), DiscoveryType::OriginalDst).lb_policy,
+            LbPolicy::ClusterProvided as i32
+        );
         let p = lb(json!({"simple": "PASSTHROUGH"}), DiscoveryType::Eds);
         assert_eq!(p.cluster_discovery_type, Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)));
-        let m = lb(json!({"consistentHash": {"httpHeaderName": "x", "maglev": {"tableSize": 65537}}}), DiscoveryType::Eds);
+        let m =
+            lb(json!({"consistentHash": {"httpHeaderName": "x", "maglev": {"tableSize": 65537}}}), DiscoveryType::Eds);
         assert_eq!(m.lb_policy, LbPolicy::Maglev as i32);
         let r = lb(json!({"consistentHash": {"useSourceIp": true}}), DiscoveryType::Eds);
         assert_eq!(r.lb_policy, LbPolicy::RingHash as i32);
         let Some(LbConfig::RingHashLbConfig(rh)) = r.lb_config else { panic!("no ring hash config") };
         assert_eq!(rh.minimum_ring_size.unwrap().value, 1024);
-        let w = lb(json!({"simple": "LEAST_REQUEST", "warmup": {"duration": "60s", "minimumPercent": 10}}), DiscoveryType::Eds);
+        let w = lb(
+            json!({"simple": "LEAST_REQUEST", "warmup": {"duration": "60s", "minimumPercent": 10}}),
+            DiscoveryType::Eds,
+        );
         let Some(LbConfig::LeastRequestLbConfig(lr)) = w.lb_config else { panic!("no least request config") };
         assert_eq!(lr.slow_start_config.unwrap().slow_start_window.unwrap().seconds, 60);
     }

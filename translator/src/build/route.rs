@@ -55,10 +55,7 @@ pub fn build_routes(ctx: &Ctx<'_>, route_names: &BTreeSet<String>, set: &mut Res
 /// field by field with the map entries sorted by filter name (see [`super::wire`]); everything
 /// else is encoded by prost as usual.
 pub fn add_route_configuration(set: &mut ResourceSet, mut rc: RouteConfiguration) {
-    let unordered = rc
-        .virtual_hosts
-        .iter()
-        .any(|vh| vh.routes.iter().any(|r| r.typed_per_filter_config.len() > 1));
+    let unordered = rc.virtual_hosts.iter().any(|vh| vh.routes.iter().any(|r| r.typed_per_filter_config.len() > 1));
     if !unordered {
         set.add(TypeUrl::Route, rc.name.clone(), &rc);
         return;
@@ -86,7 +83,8 @@ fn encode_route(mut r: Route) -> Vec<u8> {
     if r.typed_per_filter_config.len() <= 1 {
         return r.encode_to_vec();
     }
-    let mut entries: Vec<(String, envoy_types::pb::google::protobuf::Any)> = r.typed_per_filter_config.drain().collect();
+    let mut entries: Vec<(String, envoy_types::pb::google::protobuf::Any)> =
+        r.typed_per_filter_config.drain().collect();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = r.encode_to_vec();
     for (k, v) in entries {
@@ -139,9 +137,7 @@ pub fn outbound_route_config(ctx: &Ctx<'_>, name: &str) -> RouteConfiguration {
         name: name.to_string(),
         virtual_hosts: vhosts,
         validate_clusters: Some(BoolValue { value: false }),
-        max_direct_response_body_size_bytes: Some(UInt32Value {
-            value: MAX_DIRECT_RESPONSE_BODY_BYTES,
-        }),
+        max_direct_response_body_size_bytes: Some(UInt32Value { value: MAX_DIRECT_RESPONSE_BODY_BYTES }),
         ignore_port_in_host_matching: true,
         ..Default::default()
     }
@@ -195,11 +191,7 @@ fn wildcard_owners<'a>(ctx: &Ctx<'a>) -> HashMap<&'a str, *const VirtualServiceC
 /// ones first (oldest VirtualService first), with names and domains already claimed removed.
 fn outbound_vhosts(ctx: &Ctx<'_>, port: u16) -> Vec<VirtualHost> {
     let mesh = [MESH_GATEWAY];
-    let opts = RouteOpts {
-        listen_port: port,
-        gateway_names: &mesh,
-        is_tls: false,
-    };
+    let opts = RouteOpts { listen_port: port, gateway_names: &mesh, is_tls: false };
     let owners = wildcard_owners(ctx);
     let mut covered: HashSet<&str, Xxh3DefaultBuilder> = HashSet::default();
     let mut wrappers: Vec<Wrapper<'_>> = Vec::new();
@@ -252,11 +244,7 @@ fn outbound_vhosts(ctx: &Ctx<'_>, port: u16) -> Vec<VirtualHost> {
         if !applies {
             continue;
         }
-        wrappers.push(Wrapper {
-            hosts,
-            services: on_port,
-            routes,
-        });
+        wrappers.push(Wrapper { hosts, services: on_port, routes });
     }
 
     let defaults: Vec<(&Service, &ServicePort)> = ctx
@@ -290,7 +278,9 @@ fn outbound_vhosts(ctx: &Ctx<'_>, port: u16) -> Vec<VirtualHost> {
         let mut routes = Some(w.routes);
         let last = targets.len().saturating_sub(1);
         for (i, (h, svc)) in targets.into_iter().enumerate() {
-            b.push(h, svc, || if i == last { routes.take().unwrap_or_default() } else { routes.clone().unwrap_or_default() });
+            b.push(h, svc, || {
+                if i == last { routes.take().unwrap_or_default() } else { routes.clone().unwrap_or_default() }
+            });
         }
     }
     for (svc, sp) in defaults {
@@ -382,9 +372,7 @@ pub fn vhost_domains(svc: &Service, proxy_ns: &str) -> (Vec<String>, Vec<String>
 /// `generateAltVirtualHostsForKubernetesService`). Hosts outside `.svc.<cluster domain>` have none:
 /// expanding them could collide with real service names.
 fn alt_hosts(host: &str, proxy_ns: &str) -> Vec<String> {
-    let in_cluster = host
-        .strip_suffix(crate::model::CLUSTER_DOMAIN)
-        .is_some_and(|h| h.ends_with(".svc."));
+    let in_cluster = host.strip_suffix(crate::model::CLUSTER_DOMAIN).is_some_and(|h| h.ends_with(".svc."));
     if !in_cluster {
         return Vec::new();
     }
@@ -417,10 +405,7 @@ pub fn service_vhost_routes(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort) ->
 }
 
 fn match_all() -> Option<RouteMatch> {
-    Some(RouteMatch {
-        path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
-        ..Default::default()
-    })
+    Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".to_string())), ..Default::default() })
 }
 
 /// The `default` route of a service without a VirtualService: everything to its cluster, no
@@ -430,10 +415,7 @@ pub fn default_outbound_route(cluster: &str, operation: &str) -> Route {
     Route {
         name: names::DEFAULT_ROUTE.to_string(),
         r#match: match_all(),
-        decorator: Some(Decorator {
-            operation: operation.to_string(),
-            ..Default::default()
-        }),
+        decorator: Some(Decorator { operation: operation.to_string(), ..Default::default() }),
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
             timeout: secs(0),
@@ -452,10 +434,7 @@ pub fn default_inbound_route(cluster: &str, operation: &str) -> Route {
     Route {
         name: names::DEFAULT_ROUTE.to_string(),
         r#match: match_all(),
-        decorator: Some(Decorator {
-            operation: operation.to_string(),
-            ..Default::default()
-        }),
+        decorator: Some(Decorator { operation: operation.to_string(), ..Default::default() }),
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
             timeout: secs(0),
@@ -519,10 +498,7 @@ pub fn catch_all_vhost(ctx: &Ctx<'_>) -> VirtualHost {
             routes: vec![Route {
                 name: names::BLOCK_ALL_VHOST.to_string(),
                 r#match: match_all(),
-                action: Some(Action::DirectResponse(DirectResponseAction {
-                    status: 502,
-                    ..Default::default()
-                })),
+                action: Some(Action::DirectResponse(DirectResponseAction { status: 502, ..Default::default() })),
                 ..Default::default()
             }],
             include_request_attempt_count: true,
@@ -583,7 +559,8 @@ mod tests {
         #[case] proxy_ns: &str,
         #[case] want: &[&str],
     ) {
-        let origin = if host.ends_with(".svc.cluster.local") { ServiceOrigin::Kubernetes } else { ServiceOrigin::ServiceEntry };
+        let origin =
+            if host.ends_with(".svc.cluster.local") { ServiceOrigin::Kubernetes } else { ServiceOrigin::ServiceEntry };
         let (got, _) = vhost_domains(&svc(host, addrs, resolution, origin), proxy_ns);
         assert_eq!(got, want);
     }
@@ -604,7 +581,11 @@ mod tests {
         let rc = || {
             let mut r = default_outbound_route("outbound|80||a", "a:80/*");
             for name in ["envoy.filters.http.fault", "envoy.filters.http.cors", "z.filter", "a.filter"] {
-                let any = if name.contains("cors") { super::super::any(&CorsPolicy::default()) } else { super::super::any(&HttpFault::default()) };
+                let any = if name.contains("cors") {
+                    super::super::any(&CorsPolicy::default())
+                } else {
+                    super::super::any(&HttpFault::default())
+                };
                 r.typed_per_filter_config.insert(name.to_string(), any);
             }
             RouteConfiguration {

@@ -42,10 +42,7 @@ impl Import {
             "." => NamespaceSelector::Exact(proxy_ns.to_string()),
             other => NamespaceSelector::Exact(other.to_string()),
         };
-        Import {
-            namespace,
-            host: host.to_ascii_lowercase(),
-        }
+        Import { namespace, host: host.to_ascii_lowercase() }
     }
 
     fn covers_namespace(&self, ns: &str) -> bool {
@@ -89,10 +86,7 @@ impl<'a> Scope<'a> {
                 .map(|h| Import::parse(h, &proxy.namespace))
                 .collect()
         });
-        Scope {
-            sidecar: Some(sidecar),
-            imports,
-        }
+        Scope { sidecar: Some(sidecar), imports }
     }
 
     /// Whether the egress hosts import a service.
@@ -115,11 +109,7 @@ impl<'a> Scope<'a> {
 
     /// `outboundTrafficPolicy` of the Sidecar resource over the mesh's.
     pub fn outbound_policy(&self, mesh: OutboundTrafficPolicy) -> OutboundTrafficPolicy {
-        match self
-            .sidecar
-            .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
-            .and_then(|p| p.mode)
-        {
+        match self.sidecar.and_then(|s| s.spec.outbound_traffic_policy.as_ref()).and_then(|p| p.mode) {
             Some(OutboundTrafficMode::AllowAny) => OutboundTrafficPolicy::AllowAny,
             Some(OutboundTrafficMode::RegistryOnly) => OutboundTrafficPolicy::RegistryOnly,
             None => mesh,
@@ -135,15 +125,10 @@ fn selects(selector: &Labels, labels: &Labels) -> bool {
 fn select_sidecar<'a>(world: &'a World, namespace: &str, labels: &Labels) -> Option<&'a SidecarConfig> {
     let config = &world.config;
     let with_selector = config.sidecars_in(namespace).find(|s| {
-        s.spec
-            .workload_selector
-            .as_ref()
-            .is_some_and(|w| !w.labels.is_empty() && selects(&w.labels, labels))
+        s.spec.workload_selector.as_ref().is_some_and(|w| !w.labels.is_empty() && selects(&w.labels, labels))
     });
     let default_of = |ns: &str| {
-        config
-            .sidecars_in(ns)
-            .find(|s| s.spec.workload_selector.as_ref().is_none_or(|w| w.labels.is_empty()))
+        config.sidecars_in(ns).find(|s| s.spec.workload_selector.as_ref().is_none_or(|w| w.labels.is_empty()))
     };
     with_selector
         .or_else(|| default_of(namespace))
@@ -164,11 +149,8 @@ pub struct ResolvedRule<'a> {
 impl<'a> ResolvedRule<'a> {
     fn from_rules(rules: Vec<&'a DestinationRuleConfig>) -> Option<ResolvedRule<'a>> {
         let first = *rules.first()?;
-        let spec = if rules.len() == 1 {
-            Cow::Borrowed(&first.spec)
-        } else {
-            Cow::Owned(merge_destination_rules(&rules))
-        };
+        let spec =
+            if rules.len() == 1 { Cow::Borrowed(&first.spec) } else { Cow::Owned(merge_destination_rules(&rules)) };
         Some(ResolvedRule { rules, spec })
     }
 
@@ -252,11 +234,8 @@ fn lookup_in_namespace<'a>(
         return Some(r);
     }
     // Most specific wildcard first: longest suffix.
-    let mut wildcards: Vec<&String> = index
-        .wildcard_hosts
-        .iter()
-        .filter(|w| w.as_str() != host && host::matches(w, host))
-        .collect();
+    let mut wildcards: Vec<&String> =
+        index.wildcard_hosts.iter().filter(|w| w.as_str() != host && host::matches(w, host)).collect();
     wildcards.sort_by_key(|w| std::cmp::Reverse(w.len()));
     wildcards.into_iter().find_map(|w| usable(w))
 }
@@ -309,9 +288,17 @@ mod tests {
     fn same_host_rules_merge_and_selector_rules_win_for_their_workloads() {
         let w = world(vec![
             dr("prod", "a", json!({"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]})),
-            dr("prod", "b", json!({"host": "reviews", "subsets": [{"name": "v2", "labels": {"version": "v2"}}],
-                "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}})),
-            dr("prod", "mine", json!({"host": "reviews", "workloadSelector": {"matchLabels": {"app": "x"}}, "exportTo": ["."]})),
+            dr(
+                "prod",
+                "b",
+                json!({"host": "reviews", "subsets": [{"name": "v2", "labels": {"version": "v2"}}],
+                "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}),
+            ),
+            dr(
+                "prod",
+                "mine",
+                json!({"host": "reviews", "workloadSelector": {"matchLabels": {"app": "x"}}, "exportTo": ["."]}),
+            ),
         ]);
         let host = "reviews.prod.svc.cluster.local";
         let r = lookup_destination_rule(&w, "prod", &Labels::new(), host, Some("prod")).unwrap();
@@ -326,14 +313,20 @@ mod tests {
 
     #[test]
     fn sidecar_selection_and_imports() {
-        let sidecar = |ns: &str, name: &str, spec: serde_json::Value| {
-            json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": name, "namespace": ns}, "spec": spec})
-        };
+        let sidecar = |ns: &str, name: &str, spec: serde_json::Value| json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": name, "namespace": ns}, "spec": spec});
         let w = world(vec![
-            sidecar("istio-system", "default", json!({"egress": [{"hosts": ["./*", "istio-system/*"]}],
-                "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}})),
+            sidecar(
+                "istio-system",
+                "default",
+                json!({"egress": [{"hosts": ["./*", "istio-system/*"]}],
+                "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
+            ),
             sidecar("prod", "ns-default", json!({"egress": [{"hosts": ["*/*.example.com"]}]})),
-            sidecar("prod", "for-x", json!({"workloadSelector": {"labels": {"app": "x"}}, "egress": [{"hosts": ["~/*"]}]})),
+            sidecar(
+                "prod",
+                "for-x",
+                json!({"workloadSelector": {"labels": {"app": "x"}}, "egress": [{"hosts": ["~/*"]}]}),
+            ),
         ]);
         let proxy = |ns: &str, app: &str| ProxyProfile {
             namespace: ns.into(),

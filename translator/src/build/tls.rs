@@ -45,15 +45,15 @@ use envoy_types::pb::envoy::config::core::v3::{
     transport_socket,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config,
-};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, TlsParameters,
     UpstreamTlsContext,
     common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
     tls_parameters::TlsProtocol as EnvoyTlsProtocol,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Struct, Value, value};
@@ -67,7 +67,9 @@ use super::{Ctx, any};
 use crate::api::istio::{ClientTlsMode, ClientTlsSettings, ServerTlsMode, ServerTlsSettings, TlsProtocol};
 use crate::model::mtls::{Mtls, namespace_mtls};
 use crate::model::{Location, Protocol, Service, ServiceOrigin, ServicePort};
-use envoy_types::pb::envoy::config::core::v3::{DataSource, SubstitutionFormatString, data_source, substitution_format_string};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, SubstitutionFormatString, data_source, substitution_format_string,
+};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
 use envoy_types::pb::envoy::extensions::filters::common::set_filter_state::v3::{FilterStateValue, filter_state_value};
 use envoy_types::pb::envoy::extensions::filters::network::set_filter_state::v3::Config as SetFilterStateConfig;
@@ -267,7 +269,10 @@ pub(crate) fn sniffed_tcp_alpn_override(ctx: &Ctx<'_>, service: &Service, port: 
         }],
         ..Default::default()
     };
-    Some(Filter { name: SET_FILTER_STATE.to_string(), config_type: Some(filter::ConfigType::TypedConfig(any(&config))) })
+    Some(Filter {
+        name: SET_FILTER_STATE.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&config))),
+    })
 }
 
 /// TLS 1.2 to 1.3, as istiod's `defaultUpstreamCommonTLSContext`.
@@ -299,11 +304,8 @@ fn istio_mutual_socket(
     let rule_sans: &[String] = tls.map(|t| t.subject_alt_names.as_slice()).unwrap_or_default();
     let alpn = istio_client_alpn(cluster, port);
     let common = ctx.tls_cache.common(&service.hostname, alpn, rule_sans, || {
-        let sans: Vec<String> = if rule_sans.is_empty() {
-            service.service_accounts.iter().cloned().collect()
-        } else {
-            rule_sans.to_vec()
-        };
+        let sans: Vec<String> =
+            if rule_sans.is_empty() { service.service_accounts.iter().cloned().collect() } else { rule_sans.to_vec() };
         istio_mutual_common(&sans, alpn).encode_to_vec()
     });
     let sni = tls.and_then(|t| t.sni.as_deref()).filter(|s| !s.is_empty()).unwrap_or(sni);
@@ -334,16 +336,15 @@ const UPSTREAM_TLS_SNI_TAG: u32 = 2;
 fn istio_mutual_common(sans: &[String], alpn: &[&str]) -> CommonTlsContext {
     let mut common = default_upstream_common();
     common.tls_certificate_sds_secret_configs = vec![agent_sds(SDS_DEFAULT)];
-    common.validation_context_type = Some(ValidationContextType::CombinedValidationContext(
-        CombinedCertificateValidationContext {
+    common.validation_context_type =
+        Some(ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
             default_validation_context: Some(CertificateValidationContext {
                 match_subject_alt_names: san_matchers(sans),
                 ..Default::default()
             }),
             validation_context_sds_secret_config: Some(agent_sds(SDS_ROOT)),
             ..Default::default()
-        },
-    ));
+        }));
     common.alpn_protocols = alpn.iter().map(|s| s.to_string()).collect();
     common
 }
@@ -379,12 +380,8 @@ impl TlsCache {
             return c.bytes.clone();
         }
         let bytes: Rc<[u8]> = build().into();
-        *slot = Some(CachedCommon {
-            host: host.to_string(),
-            alpn,
-            rule_sans: rule_sans.to_vec(),
-            bytes: bytes.clone(),
-        });
+        *slot =
+            Some(CachedCommon { host: host.to_string(), alpn, rule_sans: rule_sans.to_vec(), bytes: bytes.clone() });
         bytes
     }
 }
@@ -412,16 +409,15 @@ fn simple_or_mutual_context(
             common.tls_certificate_sds_secret_configs = vec![credential_sds(name)];
         }
         if !insecure {
-            common.validation_context_type = Some(ValidationContextType::CombinedValidationContext(
-                CombinedCertificateValidationContext {
+            common.validation_context_type =
+                Some(ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
                         match_subject_alt_names: san_matchers(&sans),
                         ..Default::default()
                     }),
                     validation_context_sds_secret_config: Some(credential_sds(&format!("{name}{CACERT_SUFFIX}"))),
                     ..Default::default()
-                },
-            ));
+                }));
         }
     } else {
         let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
@@ -430,14 +426,16 @@ fn simple_or_mutual_context(
             common.tls_certificate_sds_secret_configs = vec![agent_sds(&format!("{FILE_CERT_PREFIX}{cert}~{key}"))];
         }
         common.validation_context_type = Some(match non_empty(&tls.ca_certificates) {
-            Some(ca) if !insecure => ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
-                default_validation_context: Some(CertificateValidationContext {
-                    match_subject_alt_names: san_matchers(&sans),
+            Some(ca) if !insecure => {
+                ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_subject_alt_names: san_matchers(&sans),
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(agent_sds(&format!("{FILE_ROOT_PREFIX}{ca}"))),
                     ..Default::default()
-                }),
-                validation_context_sds_secret_config: Some(agent_sds(&format!("{FILE_ROOT_PREFIX}{ca}"))),
-                ..Default::default()
-            }),
+                })
+            }
             // No CA (or verification off): istiod sets an empty context, nothing is verified.
             _ => ValidationContextType::ValidationContext(CertificateValidationContext::default()),
         });
@@ -469,24 +467,16 @@ fn set_auto_sni(cluster: &mut ClusterOut, tls: &ClientTlsSettings) {
         })),
         ..Default::default()
     });
-    http.upstream_http_protocol_options = Some(UpstreamHttpProtocolOptions {
-        auto_sni: true,
-        auto_san_validation: auto_san,
-        ..Default::default()
-    });
+    http.upstream_http_protocol_options =
+        Some(UpstreamHttpProtocolOptions { auto_sni: true, auto_san_validation: auto_san, ..Default::default() });
 }
 
 /// `{tlsMode: istio}`: the endpoint metadata of workloads with a sidecar.
 fn tls_mode_istio() -> Struct {
     Struct {
-        fields: [(
-            "tlsMode".to_string(),
-            Value {
-                kind: Some(value::Kind::StringValue("istio".to_string())),
-            },
-        )]
-        .into_iter()
-        .collect(),
+        fields: [("tlsMode".to_string(), Value { kind: Some(value::Kind::StringValue("istio".to_string())) })]
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -587,10 +577,7 @@ fn credential_sds(name: &str) -> SdsSecretConfig {
 #[allow(deprecated)]
 fn san_matchers(sans: &[String]) -> Vec<StringMatcher> {
     sans.iter()
-        .map(|s| StringMatcher {
-            match_pattern: Some(MatchPattern::Exact(s.clone())),
-            ignore_case: false,
-        })
+        .map(|s| StringMatcher { match_pattern: Some(MatchPattern::Exact(s.clone())), ignore_case: false })
         .collect()
 }
 
@@ -638,40 +625,37 @@ pub fn gateway_tls_context(tls: &ServerTlsSettings, kind: ServerKind) -> Option<
         (ServerKind::Tcp, ServerTlsMode::IstioMutual) => &["istio-peer-exchange", "h2", "http/1.1"],
         (ServerKind::Tcp, _) => &[],
     };
-    let mut common = CommonTlsContext {
-        alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
+    let mut common =
+        CommonTlsContext { alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(), ..Default::default() };
     let require_client = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::IstioMutual);
     let mutual = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
     let credentials: Vec<&String> = tls.credential_name.iter().chain(tls.credential_names.iter()).collect();
     if mode == ServerTlsMode::IstioMutual {
         common.tls_certificate_sds_secret_configs = vec![agent_sds(SDS_DEFAULT)];
-        common.validation_context_type = Some(ValidationContextType::CombinedValidationContext(
-            CombinedCertificateValidationContext {
+        common.validation_context_type =
+            Some(ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
                 default_validation_context: Some(CertificateValidationContext {
                     match_subject_alt_names: san_matchers(&tls.subject_alt_names),
                     ..Default::default()
                 }),
                 validation_context_sds_secret_config: Some(agent_sds(SDS_ROOT)),
                 ..Default::default()
-            },
-        ));
+            }));
     } else if let Some(first) = credentials.first() {
         common.tls_certificate_sds_secret_configs = credentials.iter().map(|c| credential_sds(c)).collect();
         if mutual {
-            common.validation_context_type = Some(ValidationContextType::CombinedValidationContext(
-                CombinedCertificateValidationContext {
+            common.validation_context_type =
+                Some(ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
                     default_validation_context: Some(default_validation(tls)),
                     validation_context_sds_secret_config: Some(credential_sds(&format!("{first}{CACERT_SUFFIX}"))),
                     ..Default::default()
-                },
-            ));
+                }));
         } else if !tls.subject_alt_names.is_empty() {
-            common.validation_context_type = Some(ValidationContextType::ValidationContext(CertificateValidationContext {
-                match_subject_alt_names: san_matchers(&tls.subject_alt_names),
-                ..Default::default()
-            }));
+            common.validation_context_type =
+                Some(ValidationContextType::ValidationContext(CertificateValidationContext {
+                    match_subject_alt_names: san_matchers(&tls.subject_alt_names),
+                    ..Default::default()
+                }));
         }
     } else {
         // Certificate files, served by the node agent (which watches them).
@@ -687,16 +671,15 @@ pub fn gateway_tls_context(tls: &ServerTlsSettings, kind: ServerKind) -> Option<
                 Some(ca) if !ca.is_empty() => format!("{FILE_ROOT_PREFIX}{ca}"),
                 _ => SDS_ROOT.to_string(),
             };
-            common.validation_context_type = Some(ValidationContextType::CombinedValidationContext(
-                CombinedCertificateValidationContext {
+            common.validation_context_type =
+                Some(ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
                         match_subject_alt_names: san_matchers(&tls.subject_alt_names),
                         ..Default::default()
                     }),
                     validation_context_sds_secret_config: Some(agent_sds(&root)),
                     ..Default::default()
-                },
-            ));
+                }));
         }
     }
     if !tls.cipher_suites.is_empty()
@@ -753,7 +736,12 @@ mod tests {
     #[case(json!({"mode": "SIMPLE", "serverCertificate": "/c.pem", "privateKey": "/k.pem"}), &["file-cert:/c.pem~/k.pem"], None, false)]
     #[case(json!({"mode": "MUTUAL", "serverCertificate": "/c.pem", "privateKey": "/k.pem", "caCertificates": "/ca.pem"}),
         &["file-cert:/c.pem~/k.pem"], Some("file-root:/ca.pem"), true)]
-    fn secret_names(#[case] tls: serde_json::Value, #[case] certs: &[&str], #[case] root: Option<&str>, #[case] require: bool) {
+    fn secret_names(
+        #[case] tls: serde_json::Value,
+        #[case] certs: &[&str],
+        #[case] root: Option<&str>,
+        #[case] require: bool,
+    ) {
         let tls: ServerTlsSettings = serde_json::from_value(tls).unwrap();
         let ctx = gateway_tls_context(&tls, ServerKind::Http).unwrap();
         let (c, r) = names(&ctx);
@@ -788,7 +776,8 @@ mod tests {
     #[case(Protocol::Tcp, &["istio-peer-exchange", "istio"])]
     #[case(Protocol::Unspecified, &["istio-http/1.1"])]
     fn auto_mtls_offers_the_alpn_the_server_chains_expect(#[case] protocol: Protocol, #[case] alpn: &[&str]) {
-        let mut svc = mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("p", 80, protocol)]);
+        let mut svc =
+            mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("p", 80, protocol)]);
         svc.service_accounts.insert("spiffe://cluster.local/ns/default/sa/a".into());
         let c = cluster(&mk_world(vec![svc]), "outbound|80||a.default.svc.cluster.local");
         let names: Vec<&str> = c.transport_socket_matches.iter().map(|m| m.name.as_str()).collect();
@@ -814,7 +803,12 @@ mod tests {
 
     #[test]
     fn auto_mtls_is_off_when_disabled_in_mesh_config_or_external() {
-        let internal = mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("http", 80, Protocol::Http)]);
+        let internal = mk_service(
+            "a.default.svc.cluster.local",
+            &["10.0.0.1"],
+            Resolution::Static,
+            &[("http", 80, Protocol::Http)],
+        );
         let external = mk_service("api.example.com", &[], Resolution::Dns, &[("http", 80, Protocol::Http)]);
         let mut world = mk_world(vec![internal, external]);
         assert!(cluster(&world, "outbound|80||api.example.com").transport_socket_matches.is_empty());
@@ -860,10 +854,15 @@ mod tests {
     #[case::sniffed(Protocol::Unspecified, true)]
     #[case::declared_tcp(Protocol::Tcp, false)]
     fn sniffed_ports_switch_tcp_chains_to_the_tcp_alpns(#[case] protocol: Protocol, #[case] overridden: bool) {
-        let mut svc = mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("p", 8080, protocol)]);
+        let mut svc =
+            mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("p", 8080, protocol)]);
         svc.service_accounts.insert("spiffe://cluster.local/ns/default/sa/a".into());
         let filters = first_filters(&mk_world(vec![svc]), "10.0.0.1_8080");
-        let tcp: Vec<&String> = filters.iter().filter(|(_, name)| name != "envoy.filters.network.http_connection_manager").map(|(_, n)| n).collect();
+        let tcp: Vec<&String> = filters
+            .iter()
+            .filter(|(_, name)| name != "envoy.filters.network.http_connection_manager")
+            .map(|(_, n)| n)
+            .collect();
         assert!(!tcp.is_empty(), "{filters:?}");
         let expected = if overridden { SET_FILTER_STATE } else { "envoy.filters.network.tcp_proxy" };
         assert!(tcp.iter().all(|n| *n == expected), "{filters:?}");
@@ -871,7 +870,12 @@ mod tests {
 
     #[test]
     fn a_proxy_without_a_workload_certificate_stays_plaintext() {
-        let mut svc = mk_service("a.default.svc.cluster.local", &["10.0.0.1"], Resolution::Static, &[("http", 80, Protocol::Http)]);
+        let mut svc = mk_service(
+            "a.default.svc.cluster.local",
+            &["10.0.0.1"],
+            Resolution::Static,
+            &[("http", 80, Protocol::Http)],
+        );
         svc.service_accounts.insert("spiffe://cluster.local/ns/default/sa/a".into());
         let world = mk_world(vec![svc]);
         let mut proxy = sidecar("default");
@@ -880,11 +884,17 @@ mod tests {
         let r = set.get(TypeUrl::Cluster, "outbound|80||a.default.svc.cluster.local").unwrap();
         let any = envoy_types::pb::google::protobuf::Any::decode(r.any.clone()).unwrap();
         let c = Cluster::decode(any.value.as_slice()).unwrap();
-        assert!(c.transport_socket_matches.is_empty() && c.transport_socket.is_none(), "no auto-mTLS without a certificate");
+        assert!(
+            c.transport_socket_matches.is_empty() && c.transport_socket.is_none(),
+            "no auto-mTLS without a certificate"
+        );
         let r = set.get(TypeUrl::Listener, "virtualInbound").unwrap();
         let any = envoy_types::pb::google::protobuf::Any::decode(r.any.clone()).unwrap();
         let l = envoy_types::pb::envoy::config::listener::v3::Listener::decode(any.value.as_slice()).unwrap();
-        assert!(l.filter_chains.iter().all(|c| c.transport_socket.is_none()), "no mTLS termination without a certificate");
+        assert!(
+            l.filter_chains.iter().all(|c| c.transport_socket.is_none()),
+            "no mTLS termination without a certificate"
+        );
         // The same proxy with a certificate gets both.
         proxy.no_workload_cert = false;
         let c = cluster(&world, "outbound|80||a.default.svc.cluster.local");

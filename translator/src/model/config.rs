@@ -208,12 +208,7 @@ impl Config {
 
     /// VirtualServices bound to gateway `gateway` (`namespace/name`), oldest first.
     pub fn virtual_services_for_gateway(&self, gateway: &str) -> impl Iterator<Item = &Arc<VirtualServiceConfig>> {
-        self.index
-            .virtual_services_by_gateway
-            .get(gateway)
-            .into_iter()
-            .flatten()
-            .map(|i| &self.virtual_services[*i])
+        self.index.virtual_services_by_gateway.get(gateway).into_iter().flatten().map(|i| &self.virtual_services[*i])
     }
 
     /// DestinationRules of `namespace`.
@@ -223,12 +218,7 @@ impl Config {
 
     /// Sidecars of `namespace`, oldest first.
     pub fn sidecars_in(&self, namespace: &str) -> impl Iterator<Item = &Arc<SidecarConfig>> {
-        self.index
-            .sidecars_by_namespace
-            .get(namespace)
-            .into_iter()
-            .flatten()
-            .map(|i| &self.sidecars[*i])
+        self.index.sidecars_by_namespace.get(namespace).into_iter().flatten().map(|i| &self.sidecars[*i])
     }
 
     /// WorkloadEntries of `namespace`.
@@ -294,15 +284,16 @@ impl Config {
             index.sidecars_by_namespace.entry(s.meta.namespace.clone()).or_default().push(i);
         }
         for (i, w) in self.workload_entries.iter().enumerate() {
-            index
-                .workload_entries_by_namespace
-                .entry(w.meta.namespace.clone())
-                .or_default()
-                .push(i);
+            index.workload_entries_by_namespace.entry(w.meta.namespace.clone()).or_default().push(i);
         }
         for (i, p) in self.peer_authentications.iter().enumerate() {
             // Objects without a namespace live in `default`, as everywhere in the world builder.
-            let ns = p.metadata.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
+            let ns = p
+                .metadata
+                .namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
             index.peer_authentications_by_namespace.entry(ns).or_default().push(i);
         }
         self.index = index;
@@ -437,7 +428,18 @@ fn merge_http_route(root: &HttpRoute, mut delegate: HttpRoute) -> Option<HttpRou
     macro_rules! inherit {
         ($($f:ident),*) => { $( if delegate.$f.is_none() { delegate.$f = root.$f.clone(); } )* };
     }
-    inherit!(rewrite, direct_response, timeout, retries, fault, mirror, mirror_percent, mirror_percentage, cors_policy, headers);
+    inherit!(
+        rewrite,
+        direct_response,
+        timeout,
+        retries,
+        fault,
+        mirror,
+        mirror_percent,
+        mirror_percentage,
+        cors_policy,
+        headers
+    );
     if delegate.mirrors.is_empty() {
         delegate.mirrors = root.mirrors.clone();
     }
@@ -530,11 +532,7 @@ fn match_conflict(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> bool {
     {
         return true;
     }
-    if leaf
-        .source_labels
-        .iter()
-        .any(|(k, v)| root.source_labels.get(k).is_some_and(|rv| rv != v))
-    {
+    if leaf.source_labels.iter().any(|(k, v)| root.source_labels.get(k).is_some_and(|rv| rv != v)) {
         return true;
     }
     if !root.gateways.is_empty() && !leaf.gateways.is_empty() {
@@ -595,11 +593,7 @@ pub fn merge_destination_rules(rules: &[&DestinationRuleConfig]) -> DestinationR
 /// Without one, the top-level policy itself (its `portLevelSettings` are then irrelevant).
 pub fn port_level_policy(policy: Option<&TrafficPolicy>, port: u16) -> Option<Cow<'_, TrafficPolicy>> {
     let p = policy?;
-    let Some(pl) = p
-        .port_level_settings
-        .iter()
-        .find(|s| s.port.is_some_and(|sp| sp.number == u32::from(port)))
-    else {
+    let Some(pl) = p.port_level_settings.iter().find(|s| s.port.is_some_and(|sp| sp.number == u32::from(port))) else {
         return Some(Cow::Borrowed(p));
     };
     Some(Cow::Owned(TrafficPolicy {
@@ -645,11 +639,7 @@ mod tests {
         normalize_virtual_service(&mut spec, ns);
         let gateways = if spec.gateways.is_empty() { vec![MESH_GATEWAY.to_string()] } else { spec.gateways.clone() };
         VirtualServiceConfig {
-            meta: ConfigMeta {
-                created: String::new(),
-                namespace: ns.into(),
-                name: name.into(),
-            },
+            meta: ConfigMeta { created: String::new(), namespace: ns.into(), name: name.into() },
             export_to: ExportTo::parse(&spec.export_to, ns),
             spec,
             gateways,

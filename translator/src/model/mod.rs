@@ -65,10 +65,7 @@ impl MeshConfig {
             _ => return Err(Diagnostic::error(OBJECT, "", "mesh config must be a mapping")),
         };
         let string_at = |value: &serde_json::Value, path: &str| -> Result<String, Diagnostic> {
-            value
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| Diagnostic::error(OBJECT, path, "expected a string"))
+            value.as_str().map(str::to_string).ok_or_else(|| Diagnostic::error(OBJECT, path, "expected a string"))
         };
         if let Some(ns) = root.get("rootNamespace") {
             mesh.root_namespace = string_at(ns, "rootNamespace")?;
@@ -95,9 +92,8 @@ impl MeshConfig {
             }
         }
         if let Some(auto) = root.get("enableAutoMtls") {
-            mesh.enable_auto_mtls = auto
-                .as_bool()
-                .ok_or_else(|| Diagnostic::error(OBJECT, "enableAutoMtls", "expected a boolean"))?;
+            mesh.enable_auto_mtls =
+                auto.as_bool().ok_or_else(|| Diagnostic::error(OBJECT, "enableAutoMtls", "expected a boolean"))?;
         }
         if let Some(meta) = root.get("defaultConfig").and_then(|d| d.get("proxyMetadata")) {
             let meta = meta
@@ -266,11 +262,7 @@ impl ServicePort {
     /// Key of this port in [`Endpoint::ports`]: the port name, or the port number as text when the
     /// port is unnamed.
     pub fn key(&self) -> String {
-        if self.name.is_empty() {
-            self.port.to_string()
-        } else {
-            self.name.clone()
-        }
+        if self.name.is_empty() { self.port.to_string() } else { self.name.clone() }
     }
 }
 
@@ -346,9 +338,7 @@ pub struct Service {
 impl Service {
     /// Whether a proxy in `namespace` may see this service.
     pub fn visible_from(&self, namespace: &str) -> bool {
-        self.export_to.is_empty()
-            || self.export_to.contains("*")
-            || self.export_to.contains(namespace)
+        self.export_to.is_empty() || self.export_to.contains("*") || self.export_to.contains(namespace)
     }
 
     /// The port with number `port`.
@@ -363,11 +353,8 @@ impl Service {
     /// override a port by name; otherwise they serve the target port (or the service port).
     pub fn endpoint_port(&self, ep: &Endpoint, sp: &ServicePort) -> Option<u16> {
         // Hot path (every endpoint of every cluster): look up by name without allocating.
-        let explicit = if sp.name.is_empty() {
-            ep.ports.get(&sp.port.to_string())
-        } else {
-            ep.ports.get(sp.name.as_str())
-        };
+        let explicit =
+            if sp.name.is_empty() { ep.ports.get(&sp.port.to_string()) } else { ep.ports.get(sp.name.as_str()) };
         if let Some(p) = explicit {
             return Some(*p);
         }
@@ -419,10 +406,7 @@ pub struct World {
 impl World {
     /// The service with host `hostname`.
     pub fn service(&self, hostname: &str) -> Option<&Arc<Service>> {
-        self.services
-            .binary_search_by(|s| s.hostname.as_str().cmp(hostname))
-            .ok()
-            .map(|i| &self.services[i])
+        self.services.binary_search_by(|s| s.hostname.as_str().cmp(hostname)).ok().map(|i| &self.services[i])
     }
 
     /// Services a proxy in `namespace` may see.

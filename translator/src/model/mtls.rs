@@ -94,9 +94,10 @@ pub fn resolve(config: &Config, root: &str, namespace: &str, labels: &Labels) ->
         return EffectiveMtls { mode, ports: BTreeMap::new() };
     }
     let workload = config.peer_authentications_in(namespace).find(|p| {
-        p.spec.selector.as_ref().is_some_and(|s| {
-            !s.match_labels.is_empty() && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-        })
+        p.spec
+            .selector
+            .as_ref()
+            .is_some_and(|s| !s.match_labels.is_empty() && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
     });
     let Some(workload) = workload else {
         return EffectiveMtls { mode, ports: BTreeMap::new() };

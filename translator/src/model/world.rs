@@ -97,11 +97,7 @@ fn created_of(meta: &ObjectMeta) -> String {
 
 /// `(created, namespace, name)`: the order istiod resolves conflicts in (oldest first).
 fn meta_of(meta: &ObjectMeta) -> ConfigMeta {
-    ConfigMeta {
-        created: created_of(meta),
-        namespace: ns_of(meta),
-        name: name_of(meta),
-    }
+    ConfigMeta { created: created_of(meta), namespace: ns_of(meta), name: name_of(meta) }
 }
 
 /// `Kind namespace/name`, as diagnostics name objects.
@@ -160,8 +156,7 @@ impl<'m> Builder<'m> {
     fn collect(&mut self, o: &'m Object) {
         match o {
             Object::Namespace(n) => {
-                self.namespaces
-                    .insert(name_of(&n.metadata), n.metadata.labels.clone().unwrap_or_default());
+                self.namespaces.insert(name_of(&n.metadata), n.metadata.labels.clone().unwrap_or_default());
             }
             Object::Service(s) => self.services.push(s),
             Object::EndpointSlice(s) => self.slices.push(s),
@@ -188,10 +183,8 @@ impl<'m> Builder<'m> {
 
         let config = self.config();
         let pods = self.pod_infos();
-        let by_ip: HashMap<&str, &PodInfo> = pods
-            .values()
-            .flat_map(|p| p.workload.ips.iter().map(move |ip| (ip.as_str(), p)))
-            .collect();
+        let by_ip: HashMap<&str, &PodInfo> =
+            pods.values().flat_map(|p| p.workload.ips.iter().map(move |ip| (ip.as_str(), p))).collect();
         let mut slices_by_service: HashMap<(String, String), Vec<&discovery::EndpointSlice>> = HashMap::new();
         for s in &self.slices {
             if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
@@ -271,11 +264,8 @@ impl<'m> Builder<'m> {
                 let meta = meta_of(&vs.metadata);
                 let mut spec = vs.spec.clone();
                 normalize_virtual_service(&mut spec, &meta.namespace);
-                let gateways = if spec.gateways.is_empty() {
-                    vec![MESH_GATEWAY.to_string()]
-                } else {
-                    spec.gateways.clone()
-                };
+                let gateways =
+                    if spec.gateways.is_empty() { vec![MESH_GATEWAY.to_string()] } else { spec.gateways.clone() };
                 VirtualServiceConfig {
                     export_to: ExportTo::parse(&spec.export_to, &meta.namespace),
                     meta,
@@ -311,22 +301,13 @@ impl<'m> Builder<'m> {
             })
             .collect();
         gateways.sort_by(|a, b| a.meta.cmp(&b.meta));
-        let mut sidecars: Vec<SidecarConfig> = self
-            .sidecars
-            .iter()
-            .map(|s| SidecarConfig {
-                meta: meta_of(&s.metadata),
-                spec: s.spec.clone(),
-            })
-            .collect();
+        let mut sidecars: Vec<SidecarConfig> =
+            self.sidecars.iter().map(|s| SidecarConfig { meta: meta_of(&s.metadata), spec: s.spec.clone() }).collect();
         sidecars.sort_by(|a, b| a.meta.cmp(&b.meta));
         let mut workload_entries: Vec<WorkloadEntryConfig> = self
             .workload_entries
             .iter()
-            .map(|w| WorkloadEntryConfig {
-                meta: meta_of(&w.metadata),
-                spec: w.spec.clone(),
-            })
+            .map(|w| WorkloadEntryConfig { meta: meta_of(&w.metadata), spec: w.spec.clone() })
             .collect();
         workload_entries.sort_by(|a, b| a.meta.cmp(&b.meta));
         let mut peer_authentications: Vec<&PeerAuthentication> = self.peer_authentications.clone();
@@ -389,14 +370,7 @@ impl<'m> Builder<'m> {
             out.insert(
                 format!("{namespace}/{name}"),
                 PodInfo {
-                    workload: Workload {
-                        name,
-                        namespace,
-                        ips,
-                        labels,
-                        service_account,
-                        named_ports,
-                    },
+                    workload: Workload { name, namespace, ips, labels, service_account, named_ports },
                     ready,
                     locality,
                 },
@@ -595,9 +569,7 @@ impl<'m> Builder<'m> {
         endpoints.sort_by(|a, b| a.address.cmp(&b.address));
         let mut service_accounts: BTreeSet<String> = spec.subject_alt_names.iter().cloned().collect();
         service_accounts.extend(
-            endpoints
-                .iter()
-                .filter_map(|e| e.service_account.as_ref().map(|sa| spiffe_id(td, &e.namespace, sa))),
+            endpoints.iter().filter_map(|e| e.service_account.as_ref().map(|sa| spiffe_id(td, &e.namespace, sa))),
         );
         let export_to = spec
             .export_to
@@ -649,11 +621,7 @@ fn endpoint_from_entry(e: &WorkloadEntrySpec, namespace: &str) -> Endpoint {
     }
     Endpoint {
         address: e.address.clone(),
-        ports: e
-            .ports
-            .iter()
-            .filter_map(|(n, p)| port_u16(i64::from(*p)).map(|p| (n.clone(), p)))
-            .collect(),
+        ports: e.ports.iter().filter_map(|(n, p)| port_u16(i64::from(*p)).map(|p| (n.clone(), p))).collect(),
         labels,
         service_account: Some(e.service_account.clone()).filter(|s| !s.is_empty()),
         namespace: namespace.to_string(),
@@ -663,7 +631,6 @@ fn endpoint_from_entry(e: &WorkloadEntrySpec, namespace: &str) -> Endpoint {
         mtls_disabled_ports: Default::default(),
     }
 }
-
 
 /// `networking.istio.io/exportTo` annotation on a Kubernetes Service (comma separated).
 fn export_to_of(annotations: Option<&BTreeMap<String, String>>, namespace: &str) -> BTreeSet<String> {
@@ -717,19 +684,13 @@ fn endpoints_from_slices(
         }
         for ep in &slice.endpoints {
             let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            let by_ref = ep
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| {
-                    let ns = r.namespace.clone().unwrap_or_else(|| namespace.to_string());
-                    pods.get(&format!("{ns}/{}", r.name.clone().unwrap_or_default()))
-                });
+            let by_ref = ep.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| {
+                let ns = r.namespace.clone().unwrap_or_else(|| namespace.to_string());
+                pods.get(&format!("{ns}/{}", r.name.clone().unwrap_or_default()))
+            });
             for address in &ep.addresses {
                 let pod = by_ref.or_else(|| by_ip.get(address.as_str()).copied());
-                let e = out
-                    .entry(address.clone())
-                    .or_insert_with(|| endpoint_for_pod(address.clone(), pod, namespace));
+                let e = out.entry(address.clone()).or_insert_with(|| endpoint_for_pod(address.clone(), pod, namespace));
                 e.ready = ready;
                 for (k, p) in &served {
                     e.ports.insert(k.clone(), *p);
@@ -813,8 +774,11 @@ mod tests {
     #[test]
     fn kubernetes_service_with_pods_and_named_target_port() {
         let (w, d) = world(vec![
-            mk_service("reviews", json!({"clusterIP": "10.0.0.5", "selector": {"app": "reviews"},
-                "ports": [{"name": "http", "port": 9080, "targetPort": "web"}, {"name": "grpc-x", "port": 7070, "targetPort": 7071}]})),
+            mk_service(
+                "reviews",
+                json!({"clusterIP": "10.0.0.5", "selector": {"app": "reviews"},
+                "ports": [{"name": "http", "port": 9080, "targetPort": "web"}, {"name": "grpc-x", "port": 7070, "targetPort": 7071}]}),
+            ),
             mk_pod("r1", "10.1.0.2", json!({"app": "reviews"}), json!([{"name": "web", "containerPort": 8080}])),
             mk_pod("r2", "10.1.0.3", json!({"app": "reviews"}), json!([{"name": "web", "containerPort": 8081}])),
             mk_pod("other", "10.1.0.9", json!({"app": "ratings"}), json!([])),
@@ -839,16 +803,19 @@ mod tests {
     #[test]
     fn endpoint_slices_win_over_pod_selection() {
         let (w, _) = world(vec![
-            mk_service("db", json!({"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"name": "tcp", "port": 5432}]})),
+            mk_service(
+                "db",
+                json!({"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"name": "tcp", "port": 5432}]}),
+            ),
             mk_pod("db-0", "10.1.0.7", json!({"app": "db", "security.istio.io/tlsMode": "istio"}), json!([])),
             json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "db-abc", "namespace": "default", "labels": {"kubernetes.io/service-name": "db"}},
-                "addressType": "IPv4",
-                "ports": [{"name": "tcp", "port": 5433}],
-                "endpoints": [
-                    {"addresses": ["10.1.0.7"], "conditions": {"ready": true}},
-                    {"addresses": ["10.1.0.8"], "conditions": {"ready": false}}
-                ]}),
+            "metadata": {"name": "db-abc", "namespace": "default", "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "tcp", "port": 5433}],
+            "endpoints": [
+                {"addresses": ["10.1.0.7"], "conditions": {"ready": true}},
+                {"addresses": ["10.1.0.8"], "conditions": {"ready": false}}
+            ]}),
         ]);
         let s = w.service("db.default.svc.cluster.local").unwrap();
         assert_eq!(s.resolution, Resolution::Passthrough);
@@ -865,10 +832,13 @@ mod tests {
 
     #[test]
     fn service_entry_hosts_ports_and_defaults() {
-        let (w, d) = world(vec![mk_service_entry("ext", json!({
+        let (w, d) = world(vec![mk_service_entry(
+            "ext",
+            json!({
             "hosts": ["api.example.com", "b.example.com"],
             "ports": [{"number": 443, "name": "https", "protocol": "TLS"}, {"number": 80, "name": "web", "protocol": "HTTP"}],
-            "resolution": "DNS", "exportTo": ["."], "subjectAltNames": ["spiffe://x/y"]}))]);
+            "resolution": "DNS", "exportTo": ["."], "subjectAltNames": ["spiffe://x/y"]}),
+        )]);
         assert!(d.is_empty(), "{d:?}");
         let s = w.service("api.example.com").unwrap();
         assert_eq!(s.resolution, Resolution::Dns);
@@ -906,7 +876,10 @@ mod tests {
     fn kubernetes_service_wins_over_service_entry() {
         let (w, d) = world(vec![
             mk_service("reviews", json!({"clusterIP": "10.0.0.5", "ports": [{"name": "http", "port": 9080}]})),
-            mk_service_entry("dup", json!({"hosts": ["reviews.default.svc.cluster.local"], "ports": [{"number": 80, "name": "http"}]})),
+            mk_service_entry(
+                "dup",
+                json!({"hosts": ["reviews.default.svc.cluster.local"], "ports": [{"number": 80, "name": "http"}]}),
+            ),
         ]);
         assert_eq!(w.services.len(), 1);
         assert_eq!(w.services[0].origin, ServiceOrigin::Kubernetes);
@@ -918,8 +891,11 @@ mod tests {
     #[test]
     fn service_entry_selects_pods() {
         let (w, _) = world(vec![
-            mk_service_entry("vm", json!({"hosts": ["vm.internal"], "resolution": "STATIC", "location": "MESH_INTERNAL",
-                "ports": [{"number": 80, "name": "http", "targetPort": 8080}], "workloadSelector": {"labels": {"app": "vm"}}})),
+            mk_service_entry(
+                "vm",
+                json!({"hosts": ["vm.internal"], "resolution": "STATIC", "location": "MESH_INTERNAL",
+                "ports": [{"number": 80, "name": "http", "targetPort": 8080}], "workloadSelector": {"labels": {"app": "vm"}}}),
+            ),
             mk_pod("vm-1", "10.2.0.1", json!({"app": "vm"}), json!([])),
         ]);
         let s = w.service("vm.internal").unwrap();
@@ -931,8 +907,11 @@ mod tests {
     #[test]
     fn service_entry_selects_workload_entries_of_its_namespace() {
         let (w, d) = world(vec![
-            mk_service_entry("vm", json!({"hosts": ["vm.internal"], "resolution": "STATIC", "location": "MESH_INTERNAL",
-                "ports": [{"number": 80, "name": "http", "targetPort": 8080}], "workloadSelector": {"labels": {"app": "vm"}}})),
+            mk_service_entry(
+                "vm",
+                json!({"hosts": ["vm.internal"], "resolution": "STATIC", "location": "MESH_INTERNAL",
+                "ports": [{"number": 80, "name": "http", "targetPort": 8080}], "workloadSelector": {"labels": {"app": "vm"}}}),
+            ),
             json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
                 "metadata": {"name": "vm-1", "namespace": "default"},
                 "spec": {"address": "10.9.0.1", "labels": {"app": "vm"}, "serviceAccount": "vm-sa", "ports": {"http": 9090}}}),
@@ -954,8 +933,11 @@ mod tests {
     #[test]
     fn kubernetes_service_selects_workload_entries() {
         let (w, d) = world(vec![
-            mk_service("vm-backed", json!({"clusterIP": "10.0.0.9", "selector": {"app": "legacy"},
-                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+            mk_service(
+                "vm-backed",
+                json!({"clusterIP": "10.0.0.9", "selector": {"app": "legacy"},
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+            ),
             json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
                 "metadata": {"name": "vm", "namespace": "default"},
                 "spec": {"address": "10.9.0.7", "labels": {"app": "legacy"}}}),

@@ -19,10 +19,7 @@ pub(crate) struct Report {
 impl Report {
     /// A collector for `object` (`Kind ns/name`).
     pub(crate) fn new(object: impl Into<String>) -> Self {
-        Self {
-            object: object.into(),
-            out: Vec::new(),
-        }
+        Self { object: object.into(), out: Vec::new() }
     }
 
     /// Records an error at `field`.
@@ -50,11 +47,7 @@ impl Report {
 
 /// `base.child`.
 pub(crate) fn at(base: &str, child: &str) -> String {
-    if base.is_empty() {
-        child.to_string()
-    } else {
-        format!("{base}.{child}")
-    }
+    if base.is_empty() { child.to_string() } else { format!("{base}.{child}") }
 }
 
 /// `base[index]`.
@@ -107,9 +100,7 @@ fn dns1123_labels(domain: &str) -> Result<(), String> {
     let parts: Vec<&str> = domain.split('.').collect();
     let tld = parts.last().copied().unwrap_or_default();
     if !tld.is_empty() && tld.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "domain name {domain:?} invalid (top level domain {tld:?} cannot be all-numeric)"
-        ));
+        return Err(format!("domain name {domain:?} invalid (top level domain {tld:?} cannot be all-numeric)"));
     }
     for (i, label) in parts.iter().enumerate() {
         // A trailing dot (`istio.io.`) is an unambiguous absolute name.
@@ -210,20 +201,12 @@ pub(crate) fn validate_namespace_slash_host(hostname: &str, is_gateway: bool) ->
 
 /// A port number.
 pub(crate) fn validate_port(port: i64) -> Result<(), String> {
-    if (1..=65535).contains(&port) {
-        Ok(())
-    } else {
-        Err(format!("port must be between 1-65535 (got {port})"))
-    }
+    if (1..=65535).contains(&port) { Ok(()) } else { Err(format!("port must be between 1-65535 (got {port})")) }
 }
 
 /// A port name: a DNS-1123 label.
 pub(crate) fn validate_port_name(name: &str) -> Result<(), String> {
-    if is_dns1123_label(name) {
-        Ok(())
-    } else {
-        Err(format!("invalid port name: {name:?}"))
-    }
+    if is_dns1123_label(name) { Ok(()) } else { Err(format!("invalid port name: {name:?}")) }
 }
 
 /// A WorkloadEntry port-map key, as the CRD checks it.
@@ -269,10 +252,7 @@ impl Proto {
     }
 
     pub(crate) fn is_http(self) -> bool {
-        matches!(
-            self,
-            Proto::Http | Proto::HttpProxy | Proto::Http2 | Proto::Grpc | Proto::GrpcWeb
-        )
+        matches!(self, Proto::Http | Proto::HttpProxy | Proto::Http2 | Proto::Grpc | Proto::GrpcWeb)
     }
 
     pub(crate) fn is_tls(self) -> bool {
@@ -280,10 +260,7 @@ impl Proto {
     }
 
     pub(crate) fn is_tcp(self) -> bool {
-        matches!(
-            self,
-            Proto::Tcp | Proto::Https | Proto::Tls | Proto::Mongo | Proto::Redis | Proto::Mysql
-        )
+        matches!(self, Proto::Tcp | Proto::Https | Proto::Tls | Proto::Mongo | Proto::Redis | Proto::Mysql)
     }
 }
 
@@ -303,11 +280,7 @@ pub(crate) fn is_ip(s: &str) -> bool {
 
 /// An IP address.
 pub(crate) fn validate_ip(s: &str) -> Result<(), String> {
-    if is_ip(s) {
-        Ok(())
-    } else {
-        Err(format!("{s} is not a valid IP"))
-    }
+    if is_ip(s) { Ok(()) } else { Err(format!("{s} is not a valid IP")) }
 }
 
 /// An IP address or a CIDR block.
@@ -383,16 +356,10 @@ fn is_label_key(k: &str) -> bool {
 pub(crate) fn check_selector_labels(r: &mut Report, path: &str, labels: &BTreeMap<String, String>) {
     for (k, v) in labels {
         if k.is_empty() {
-            r.error(
-                key(path, k),
-                format!("empty key is not supported in selector: \"{k}={v}\""),
-            );
+            r.error(key(path, k), format!("empty key is not supported in selector: \"{k}={v}\""));
         }
         if k.contains('*') || v.contains('*') {
-            r.error(
-                key(path, k),
-                format!("wildcard is not supported in selector: \"{k}={v}\""),
-            );
+            r.error(key(path, k), format!("wildcard is not supported in selector: \"{k}={v}\""));
         }
     }
 }
@@ -427,10 +394,7 @@ pub(crate) fn check_export_to(
         let k = if e == "." { namespace.to_string() } else { e.clone() };
         if seen.contains(&k) {
             if k != *e {
-                r.error(
-                    field,
-                    format!("duplicate entries in exportTo: . and current namespace {namespace}"),
-                );
+                r.error(field, format!("duplicate entries in exportTo: . and current namespace {namespace}"));
             } else {
                 r.error(field, format!("duplicate entries in exportTo for entry {e}"));
             }
@@ -440,32 +404,20 @@ pub(crate) fn check_export_to(
         if valid {
             seen.insert(k);
         } else {
-            r.error(
-                field,
-                "only .,*, or a valid DNS 1123 label is allowed as exportTo entry",
-            );
+            r.error(field, "only .,*, or a valid DNS 1123 label is allowed as exportTo entry");
         }
     }
     if dr_with_selector && !seen.is_empty() {
         if seen.contains(namespace) {
             if seen.len() > 1 {
-                r.error(
-                    path,
-                    "destination rule with workload selector cannot have multiple entries in exportTo",
-                );
+                r.error(path, "destination rule with workload selector cannot have multiple entries in exportTo");
             }
         } else {
-            r.error(
-                path,
-                "destination rule with workload selector cannot have exportTo beyond current namespace",
-            );
+            r.error(path, "destination rule with workload selector cannot have exportTo beyond current namespace");
         }
     }
     if seen.contains("*") && export_to.len() > 1 {
-        r.error(
-            path,
-            "cannot have both public (*) and non-public exportTo values for a resource",
-        );
+        r.error(path, "cannot have both public (*) and non-public exportTo values for a resource");
     }
     if seen.contains("~") && export_to.len() > 1 {
         r.error(path, "cannot export service entry to no one (~) and someone");
@@ -490,10 +442,7 @@ pub(crate) fn check_string_match(r: &mut Report, path: &str, m: &StringMatch, wh
     }
     if let Some(re) = &m.regex {
         if re.is_empty() {
-            r.error(
-                at(path, "regex"),
-                format!("{what:?}: regex string match should not be empty"),
-            );
+            r.error(at(path, "regex"), format!("{what:?}: regex string match should not be empty"));
         } else {
             r.check(at(path, "regex"), validate_regex(re, what));
         }
@@ -657,14 +606,7 @@ mod tests {
 
     #[test]
     fn fixed_patterns_compile() {
-        for p in [
-            &DNS1123_LABEL,
-            &WILDCARD_DNS1123_LABEL,
-            &QUALIFIED_NAME,
-            &LABEL_VALUE,
-            &HEADER_NAME,
-            &WE_PORT_NAME,
-        ] {
+        for p in [&DNS1123_LABEL, &WILDCARD_DNS1123_LABEL, &QUALIFIED_NAME, &LABEL_VALUE, &HEADER_NAME, &WE_PORT_NAME] {
             assert!(p.is_some());
         }
     }

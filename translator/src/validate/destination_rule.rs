@@ -34,14 +34,7 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &DestinationRuleSpec)
             check_traffic_policy(r, &at(&path, "trafficPolicy"), tp);
         }
     }
-    check_export_to(
-        r,
-        "spec.exportTo",
-        namespace,
-        &spec.export_to,
-        false,
-        spec.workload_selector.is_some(),
-    );
+    check_export_to(r, "spec.exportTo", namespace, &spec.export_to, false, spec.workload_selector.is_some());
     check_match_labels_selector(r, "spec.workloadSelector", spec.workload_selector.as_ref());
 }
 
@@ -108,10 +101,7 @@ fn check_traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy) {
         && let Some(p) = rb.percent
         && !(0.0..=100.0).contains(&p)
     {
-        r.error(
-            at(path, "retryBudget.percent"),
-            format!("invalid value: {p}: must be between 0 and 100"),
-        );
+        r.error(at(path, "retryBudget.percent"), format!("invalid value: {p}: must be between 0 and 100"));
     }
 }
 
@@ -126,10 +116,7 @@ fn check_tunnel(r: &mut Report, path: &str, t: &TunnelSettings) {
     if let Err(e) = validate_fqdn(&t.target_host)
         && !is_ip(&t.target_host)
     {
-        r.error(
-            at(path, "targetHost"),
-            format!("tunnel target host must be valid FQDN or IP address: {e}"),
-        );
+        r.error(at(path, "targetHost"), format!("tunnel target host must be valid FQDN or IP address: {e}"));
     }
     if let Err(e) = validate_port(i64::from(t.target_port)) {
         r.error(at(path, "targetPort"), format!("tunnel target port is invalid: {e}"));
@@ -157,10 +144,7 @@ fn check_outlier_detection(r: &mut Report, path: &str, od: &OutlierDetection) {
     if let Some(t) = &od.interval {
         r.check(at(path, "interval"), validate_duration(t));
     }
-    for (field, v) in [
-        ("maxEjectionPercent", od.max_ejection_percent),
-        ("minHealthPercent", od.min_health_percent),
-    ] {
+    for (field, v) in [("maxEjectionPercent", od.max_ejection_percent), ("minHealthPercent", od.min_health_percent)] {
         if let Some(v) = v
             && !(0..=100).contains(&v)
         {
@@ -178,23 +162,11 @@ pub(crate) fn check_connection_pool(r: &mut Report, path: &str, cp: &ConnectionP
     if let Some(h) = &cp.http {
         let hpath = at(path, "http");
         for (field, v, what) in [
-            (
-                "http1MaxPendingRequests",
-                h.http1_max_pending_requests,
-                "http1 max pending requests",
-            ),
+            ("http1MaxPendingRequests", h.http1_max_pending_requests, "http1 max pending requests"),
             ("http2MaxRequests", h.http2_max_requests, "http2 max requests"),
-            (
-                "maxRequestsPerConnection",
-                h.max_requests_per_connection,
-                "max requests per connection",
-            ),
+            ("maxRequestsPerConnection", h.max_requests_per_connection, "max requests per connection"),
             ("maxRetries", h.max_retries, "max retries"),
-            (
-                "maxConcurrentStreams",
-                h.max_concurrent_streams,
-                "max concurrent streams",
-            ),
+            ("maxConcurrentStreams", h.max_concurrent_streams, "max concurrent streams"),
         ] {
             if v.is_some_and(|v| v < 0) {
                 r.error(at(&hpath, field), format!("{what} must be non-negative"));
@@ -204,10 +176,7 @@ pub(crate) fn check_connection_pool(r: &mut Report, path: &str, cp: &ConnectionP
             r.check(at(&hpath, "idleTimeout"), validate_duration(t));
         }
         if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) && h.use_client_protocol == Some(true) {
-            r.error(
-                hpath.clone(),
-                "use client protocol must not be true when H2UpgradePolicy is UPGRADE",
-            );
+            r.error(hpath.clone(), "use client protocol must not be true when H2UpgradePolicy is UPGRADE");
         }
         if let Some(ka) = &h.http2_keep_alive {
             for (field, v) in [("interval", &ka.interval), ("timeout", &ka.timeout)] {
@@ -324,18 +293,12 @@ fn check_load_balancer(r: &mut Report, path: &str, lb: &LoadBalancerSettings, ha
         if let Some(p) = w.minimum_percent
             && !(0.0..=100.0).contains(&p)
         {
-            r.error(
-                at(&wpath, "minimumPercent"),
-                format!("invalid value: {p}: must be between 0 and 100"),
-            );
+            r.error(at(&wpath, "minimumPercent"), format!("invalid value: {p}: must be between 0 and 100"));
         }
         if let Some(a) = w.aggression
             && a < 0.0
         {
-            r.error(
-                at(&wpath, "aggression"),
-                format!("invalid value: {a}: must be greater than or equal to 0"),
-            );
+            r.error(at(&wpath, "aggression"), format!("invalid value: {a}: must be greater than or equal to 0"));
         }
     }
 }
@@ -387,10 +350,7 @@ fn check_locality_lb(r: &mut Report, path: &str, lb: &LocalityLbSetting, has_out
     for (i, f) in lb.failover.iter().enumerate() {
         let fpath = idx(&at(path, "failover"), i);
         if f.from == f.to {
-            r.error(
-                fpath.clone(),
-                "locality lb failover settings must specify different regions",
-            );
+            r.error(fpath.clone(), "locality lb failover settings must specify different regions");
         }
         if f.from.contains('/') || f.to.contains('/') {
             r.error(fpath.clone(), "locality lb failover only specify region");
@@ -407,15 +367,11 @@ fn check_localities(localities: &[String]) -> Result<(), String> {
     for loc in localities {
         let stars = loc.matches('*').count();
         if stars > 1 || (stars == 1 && !loc.ends_with('*')) {
-            return Err(format!(
-                "locality {loc} wildcard '*' number can not exceed 1 and must be in the end"
-            ));
+            return Err(format!("locality {loc} wildcard '*' number can not exceed 1 and must be in the end"));
         }
         let parts: Vec<String> = loc.splitn(3, '/').map(str::to_string).collect();
         if parts.iter().any(String::is_empty) {
-            return Err(format!(
-                "locality {loc} must not contain empty region/zone/subzone info"
-            ));
+            return Err(format!("locality {loc} must not contain empty region/zone/subzone info"));
         }
         // Two localities overlap when one is a prefix of the other or either ends in `*` at a
         // level the other shares.
@@ -445,27 +401,18 @@ pub(crate) fn check_client_tls(r: &mut Report, path: &str, tls: &ClientTlsSettin
             );
         }
         if mode == ClientTlsMode::Mutual && (set(&tls.ca_certificates) || !tls.subject_alt_names.is_empty()) {
-            r.error(
-                path,
-                "cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true",
-            );
+            r.error(path, "cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true");
         }
     }
     if matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) && set(&tls.credential_name) {
         if set(&tls.client_certificate) || set(&tls.ca_certificates) || set(&tls.private_key) || set(&tls.ca_crl) {
-            r.error(
-                path,
-                "cannot specify client certificates or CA certificate or CA CRL If credentialName is set",
-            );
+            r.error(path, "cannot specify client certificates or CA certificate or CA CRL If credentialName is set");
         }
         return;
     }
     if mode == ClientTlsMode::Mutual {
         if !set(&tls.client_certificate) {
-            r.error(
-                at(path, "clientCertificate"),
-                "client certificate required for mutual tls",
-            );
+            r.error(at(path, "clientCertificate"), "client certificate required for mutual tls");
         }
         if !set(&tls.private_key) {
             r.error(at(path, "privateKey"), "private key required for mutual tls");

@@ -32,19 +32,13 @@ pub(crate) fn check(r: &mut Report, name: &str, spec: &GatewaySpec) {
             }
             let https_redirect = server.tls.as_ref().and_then(|t| t.https_redirect).unwrap_or(false);
             if !Proto::parse(&port.protocol).is_http() && https_redirect {
-                r.warn(
-                    at(&path, "tls.httpsRedirect"),
-                    "tls.httpsRedirect should only be used with http servers",
-                );
+                r.warn(at(&path, "tls.httpsRedirect"), "tls.httpsRedirect should only be used with http servers");
             }
         }
         if let Some(n) = server.name.as_deref().filter(|n| !n.is_empty())
             && !server_names.insert(n)
         {
-            r.error(
-                at(&path, "name"),
-                format!("server name must be unique across servers: duplicate name {n}"),
-            );
+            r.error(at(&path, "name"), format!("server name must be unique across servers: duplicate name {n}"));
         }
     }
 }
@@ -91,16 +85,10 @@ fn check_server(r: &mut Report, path: &str, server: &Server) {
                         .iter()
                         .any(|f| f.as_deref().is_some_and(|v| !v.is_empty()));
                     if !passthrough || files {
-                        r.error(
-                            at(path, "tls"),
-                            "server cannot have TLS settings for plain text HTTP ports",
-                        );
+                        r.error(at(path, "tls"), "server cannot have TLS settings for plain text HTTP ports");
                     }
                 } else {
-                    r.error(
-                        at(path, "tls"),
-                        "server cannot have TLS settings for non HTTPS/TLS ports",
-                    );
+                    r.error(at(path, "tls"), "server cannot have TLS settings for non HTTPS/TLS ports");
                 }
             }
             _ => {}
@@ -141,10 +129,8 @@ fn check_server_port(r: &mut Report, path: &str, port: &Port, bind: &str) -> boo
 /// Server TLS settings of a Gateway server or a Sidecar ingress listener.
 pub(crate) fn check_server_tls(r: &mut Report, path: &str, tls: &ServerTlsSettings) {
     let set = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.is_empty());
-    if matches!(
-        tls.min_protocol_version,
-        Some(TlsProtocol::Tlsv10 | TlsProtocol::Tlsv11)
-    ) && tls.cipher_suites.is_empty()
+    if matches!(tls.min_protocol_version, Some(TlsProtocol::Tlsv10 | TlsProtocol::Tlsv11))
+        && tls.cipher_suites.is_empty()
     {
         r.warn(
             at(path, "minProtocolVersion"),
@@ -156,10 +142,7 @@ pub(crate) fn check_server_tls(r: &mut Report, path: &str, tls: &ServerTlsSettin
         && max != TlsProtocol::TlsAuto
         && min > max
     {
-        r.error(
-            at(path, "maxProtocolVersion"),
-            "maxProtocolVersion must not be lower than minProtocolVersion",
-        );
+        r.error(at(path, "maxProtocolVersion"), "maxProtocolVersion must not be lower than minProtocolVersion");
     }
     let mut valid = BTreeSet::new();
     let mut invalid = BTreeSet::new();
@@ -172,16 +155,10 @@ pub(crate) fn check_server_tls(r: &mut Report, path: &str, tls: &ServerTlsSettin
         }
     }
     if !invalid.is_empty() {
-        r.warn(
-            at(path, "cipherSuites"),
-            format!("ignoring invalid cipher suites: {invalid:?}"),
-        );
+        r.warn(at(path, "cipherSuites"), format!("ignoring invalid cipher suites: {invalid:?}"));
     }
     if !duplicate.is_empty() {
-        r.warn(
-            at(path, "cipherSuites"),
-            format!("ignoring duplicate cipher suites: {duplicate:?}"),
-        );
+        r.warn(at(path, "cipherSuites"), format!("ignoring duplicate cipher suites: {duplicate:?}"));
     }
 
     let mode = tls.mode.unwrap_or(ServerTlsMode::Passthrough);
@@ -193,23 +170,14 @@ pub(crate) fn check_server_tls(r: &mut Report, path: &str, tls: &ServerTlsSettin
             ("credentialName", &tls.credential_name, "credentialName"),
         ] {
             if set(v) {
-                r.error(
-                    at(path, field),
-                    format!("ISTIO_MUTUAL TLS cannot have associated {what}"),
-                );
+                r.error(at(path, field), format!("ISTIO_MUTUAL TLS cannot have associated {what}"));
             }
         }
         if !tls.credential_names.is_empty() {
-            r.error(
-                at(path, "credentialNames"),
-                "ISTIO_MUTUAL TLS cannot have associated credentialNames",
-            );
+            r.error(at(path, "credentialNames"), "ISTIO_MUTUAL TLS cannot have associated credentialNames");
         }
         if !tls.tls_certificates.is_empty() {
-            r.error(
-                at(path, "tlsCertificates"),
-                "ISTIO_MUTUAL TLS cannot have associated tlsCertificates",
-            );
+            r.error(at(path, "tlsCertificates"), "ISTIO_MUTUAL TLS cannot have associated tlsCertificates");
         }
         return;
     }
@@ -221,21 +189,12 @@ pub(crate) fn check_server_tls(r: &mut Report, path: &str, tls: &ServerTlsSettin
             || set(&tls.ca_certificates)
             || has_credential)
     {
-        r.warn(
-            path,
-            format!("{} mode does not use certificates, they will be ignored", mode.as_str()),
-        );
+        r.warn(path, format!("{} mode does not use certificates, they will be ignored", mode.as_str()));
     }
     if set(&tls.credential_name) && !tls.credential_names.is_empty() {
-        r.error(
-            at(path, "credentialNames"),
-            "only one of credentialName or credentialNames may be set",
-        );
+        r.error(at(path, "credentialNames"), "only one of credentialName or credentialNames may be set");
     }
-    let terminating = matches!(
-        mode,
-        ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual
-    );
+    let terminating = matches!(mode, ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
     if terminating && has_credential {
         // Credentials come from a Secret: no file fields are required.
         if set(&tls.ca_crl) {
@@ -251,10 +210,7 @@ pub(crate) fn check_server_tls(r: &mut Report, path: &str, tls: &ServerTlsSettin
     match mode {
         ServerTlsMode::Simple => {
             if !has_files {
-                r.error(
-                    at(path, "serverCertificate"),
-                    "SIMPLE TLS requires a server certificate",
-                );
+                r.error(at(path, "serverCertificate"), "SIMPLE TLS requires a server certificate");
             }
             if !has_key {
                 r.error(at(path, "privateKey"), "SIMPLE TLS requires a private key");
@@ -265,10 +221,7 @@ pub(crate) fn check_server_tls(r: &mut Report, path: &str, tls: &ServerTlsSettin
         }
         ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
             if !has_files {
-                r.error(
-                    at(path, "serverCertificate"),
-                    "MUTUAL TLS requires a server certificate",
-                );
+                r.error(at(path, "serverCertificate"), "MUTUAL TLS requires a server certificate");
             }
             if !has_key {
                 r.error(at(path, "privateKey"), "MUTUAL TLS requires a private key");

@@ -12,16 +12,10 @@ pub(crate) fn check_peer_authentication(r: &mut Report, spec: &PeerAuthenticatio
             r.error("spec.portLevelMtls", "portLevelMtls requires selector");
         }
         if ports.is_empty() {
-            r.error(
-                "spec.portLevelMtls",
-                "spec.portLevelMtls in body should have at least 1 properties",
-            );
+            r.error("spec.portLevelMtls", "spec.portLevelMtls in body should have at least 1 properties");
         }
         for port in ports.keys() {
-            r.check(
-                key("spec.portLevelMtls", &port.to_string()),
-                validate_port(i64::from(*port)),
-            );
+            r.check(key("spec.portLevelMtls", &port.to_string()), validate_port(i64::from(*port)));
         }
     }
     check_match_labels_selector(r, "spec.selector", spec.selector.as_ref());

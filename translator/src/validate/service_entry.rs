@@ -28,10 +28,7 @@ pub(crate) fn check_service_entry(r: &mut Report, namespace: &str, spec: &Servic
     }
 
     if spec.hosts.is_empty() {
-        r.error(
-            "spec.hosts",
-            "required value: service entry must have at least one host",
-        );
+        r.error("spec.hosts", "required value: service entry must have at least one host");
     }
     for (i, h) in spec.hosts.iter().enumerate() {
         let path = idx("spec.hosts", i);
@@ -52,10 +49,7 @@ pub(crate) fn check_service_entry(r: &mut Report, namespace: &str, spec: &Servic
         r.check(idx("spec.addresses", i), validate_ip_subnet(a));
     }
     if cidr && !matches!(resolution, SeResolution::None | SeResolution::Static) {
-        r.error(
-            "spec.addresses",
-            "CIDR addresses are allowed only for NONE/STATIC resolution types",
-        );
+        r.error("spec.addresses", "CIDR addresses are allowed only for NONE/STATIC resolution types");
     }
 
     let mut names = BTreeSet::new();
@@ -76,10 +70,7 @@ pub(crate) fn check_service_entry(r: &mut Report, namespace: &str, spec: &Servic
         if !numbers.insert(p.number) {
             r.error(
                 at(&path, "number"),
-                format!(
-                    "port number cannot be duplicated: service entry port {} already defined",
-                    p.number
-                ),
+                format!("port number cannot be duplicated: service entry port {} already defined", p.number),
             );
         }
         if let Some(t) = p.target_port {
@@ -102,10 +93,7 @@ pub(crate) fn check_service_entry(r: &mut Report, namespace: &str, spec: &Servic
                 r.error("spec.endpoints", "NONE mode cannot set endpoints");
             }
             if spec.workload_selector.is_some() {
-                r.warn(
-                    "spec.workloadSelector",
-                    "workloadSelector should not be set when resolution mode is NONE",
-                );
+                r.warn("spec.workloadSelector", "workloadSelector should not be set when resolution mode is NONE");
             }
         }
         SeResolution::Static => {
@@ -135,10 +123,7 @@ pub(crate) fn check_service_entry(r: &mut Report, namespace: &str, spec: &Servic
             }
             if !spec.addresses.is_empty()
                 && spec.hosts.len() > 1
-                && spec
-                    .ports
-                    .iter()
-                    .any(|p| Proto::parse(p.protocol.as_deref().unwrap_or_default()).is_tcp())
+                && spec.ports.iter().any(|p| Proto::parse(p.protocol.as_deref().unwrap_or_default()).is_tcp())
             {
                 r.warn(
                     "spec.hosts",
@@ -177,10 +162,7 @@ pub(crate) fn check_workload_entry(
             r.error(at(path, "address"), "address is required");
             return;
         }
-        r.warn(
-            at(path, "address"),
-            format!("address is unset with network {:?}", we.network),
-        );
+        r.warn(at(path, "address"), format!("address is unset with network {:?}", we.network));
     }
     let unix = addr.strip_prefix(UNIX_PREFIX);
     if let Some(sock) = unix {
@@ -195,22 +177,13 @@ pub(crate) fn check_workload_entry(
         if let Some(sp) = service_ports
             && sp.len() != 1
         {
-            r.error(
-                at(path, "address"),
-                "exactly 1 service port required for unix endpoints",
-            );
+            r.error(at(path, "address"), "exactly 1 service port required for unix endpoints");
         }
     } else if !addr.is_empty() && !is_ip(addr) {
         if !allow_fqdn {
-            r.error(
-                at(path, "address"),
-                format!("endpoint address {addr:?} is not a valid IP address"),
-            );
+            r.error(at(path, "address"), format!("endpoint address {addr:?} is not a valid IP address"));
         } else if validate_fqdn(addr).is_err() {
-            r.error(
-                at(path, "address"),
-                format!("endpoint address {addr:?} is not a valid FQDN or an IP address"),
-            );
+            r.error(at(path, "address"), format!("endpoint address {addr:?} is not a valid FQDN or an IP address"));
         }
     }
     for (name, port) in &we.ports {
@@ -218,21 +191,12 @@ pub(crate) fn check_workload_entry(
         if let Some(sp) = service_ports
             && !sp.contains(name.as_str())
         {
-            r.error(
-                ppath.clone(),
-                format!("endpoint port {port} is not defined by the service entry"),
-            );
+            r.error(ppath.clone(), format!("endpoint port {port} is not defined by the service entry"));
         }
         if !is_valid_endpoint_port_name(name) {
-            r.error(
-                at(path, "ports"),
-                format!("invalid value: {name:?}: port name must be valid"),
-            );
+            r.error(at(path, "ports"), format!("invalid value: {name:?}: port name must be valid"));
         } else {
-            r.check(
-                ppath.clone(),
-                validate_port_name(name).map_err(|e| format!("invalid value: {e}")),
-            );
+            r.check(ppath.clone(), validate_port_name(name).map_err(|e| format!("invalid value: {e}")));
         }
         r.check(ppath, validate_port(i64::from(*port)));
     }

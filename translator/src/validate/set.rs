@@ -55,8 +55,7 @@ impl<'a> Index<'a> {
             let key = o.key();
             match o {
                 Object::Service(_) => {
-                    idx.registry
-                        .insert(format!("{}.{}.svc.{CLUSTER_DOMAIN}", key.name, key.namespace));
+                    idx.registry.insert(format!("{}.{}.svc.{CLUSTER_DOMAIN}", key.name, key.namespace));
                 }
                 Object::ServiceEntry(se) => {
                     // ServiceEntry hosts are taken as written; Istio does not qualify them.
@@ -79,17 +78,11 @@ impl<'a> Index<'a> {
     }
 
     fn host_known(&self, host: &str) -> bool {
-        self.registry.contains(host)
-            || self
-                .registry
-                .iter()
-                .any(|h| h.starts_with('*') && host_subset_of(host, h))
+        self.registry.contains(host) || self.registry.iter().any(|h| h.starts_with('*') && host_subset_of(host, h))
     }
 
     fn subset_known(&self, host: &str, subset: &str) -> bool {
-        self.rules
-            .iter()
-            .any(|(h, subsets)| hosts_match(h, host) && subsets.contains(subset))
+        self.rules.iter().any(|(h, subsets)| hosts_match(h, host) && subsets.contains(subset))
     }
 }
 
@@ -103,20 +96,13 @@ pub fn validate_set(objs: &[&Object]) -> Vec<Diagnostic> {
     for o in objs {
         let Object::VirtualService(vs) = o else { continue };
         let key = o.key();
-        let ns = if key.namespace.is_empty() {
-            DEFAULT_NAMESPACE
-        } else {
-            key.namespace.as_str()
-        };
+        let ns = if key.namespace.is_empty() { DEFAULT_NAMESPACE } else { key.namespace.as_str() };
         let mut r = Report::new(key.to_string());
         check_references(&mut r, ns, vs, &index);
         out.extend(r.finish());
         if !is_gateway_only(&vs.spec) {
             for h in &vs.spec.hosts {
-                mesh_hosts
-                    .entry(resolve_host(h, ns))
-                    .or_default()
-                    .push(format!("{}/{}", key.namespace, key.name));
+                mesh_hosts.entry(resolve_host(h, ns)).or_default().push(format!("{}/{}", key.namespace, key.name));
             }
         }
     }
@@ -148,12 +134,8 @@ pub fn validate_set(objs: &[&Object]) -> Vec<Diagnostic> {
 
 fn check_references(r: &mut Report, ns: &str, vs: &VirtualService, index: &Index<'_>) {
     let spec = &vs.spec;
-    let mut gateway_refs: Vec<(String, &String)> = spec
-        .gateways
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (idx("spec.gateways", i), g))
-        .collect();
+    let mut gateway_refs: Vec<(String, &String)> =
+        spec.gateways.iter().enumerate().map(|(i, g)| (idx("spec.gateways", i), g)).collect();
     for (i, http) in spec.http.iter().enumerate() {
         let path = idx("spec.http", i);
         for (j, d) in http.route.iter().enumerate() {
@@ -174,16 +156,9 @@ fn check_references(r: &mut Report, ns: &str, vs: &VirtualService, index: &Index
             gateway_refs.extend(m.gateways.iter().enumerate().map(|(k, g)| (idx(&mpath, k), g)));
         }
         if let Some(d) = &http.delegate {
-            let target = format!(
-                "{}/{}",
-                d.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(ns),
-                d.name
-            );
+            let target = format!("{}/{}", d.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(ns), d.name);
             if !index.virtual_services.contains(&target) {
-                r.error(
-                    at(&path, "delegate"),
-                    format!("referenced virtual service not found: {target:?}"),
-                );
+                r.error(at(&path, "delegate"), format!("referenced virtual service not found: {target:?}"));
             }
         }
     }

@@ -45,10 +45,7 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &SidecarSpec) {
         }
         check_port_and_bind(r, &path, port, ing.bind.as_deref().unwrap_or_default());
         if !ports.insert(port.number) {
-            r.error(
-                at(&path, "port.number"),
-                "sidecar: ports on IP bound listeners must be unique",
-            );
+            r.error(at(&path, "port.number"), "sidecar: ports on IP bound listeners must be unique");
         }
         if let Some(ep) = ing.default_endpoint.as_deref().filter(|e| !e.is_empty()) {
             check_default_endpoint(r, &at(&path, "defaultEndpoint"), ep);
@@ -56,19 +53,13 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &SidecarSpec) {
         if let Some(tls) = &ing.tls {
             let tpath = at(&path, "tls");
             if !tls.subject_alt_names.is_empty() {
-                r.error(
-                    at(&tpath, "subjectAltNames"),
-                    "sidecar: subjectAltNames is not supported in ingress tls",
-                );
+                r.error(at(&tpath, "subjectAltNames"), "sidecar: subjectAltNames is not supported in ingress tls");
             }
             if tls.https_redirect == Some(true) {
                 r.error(at(&tpath, "httpsRedirect"), "sidecar: httpsRedirect is not supported");
             }
             if tls.credential_name.as_deref().is_some_and(|c| !c.is_empty()) {
-                r.error(
-                    at(&tpath, "credentialName"),
-                    "sidecar: credentialName is not currently supported",
-                );
+                r.error(at(&tpath, "credentialName"), "sidecar: credentialName is not currently supported");
             }
             if let Some(
                 mode @ (crate::api::istio::ServerTlsMode::IstioMutual
@@ -77,10 +68,7 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &SidecarSpec) {
             {
                 r.error(
                     at(&tpath, "mode"),
-                    format!(
-                        "configuration is invalid: cannot set mode to {} in sidecar ingress tls",
-                        mode.as_str()
-                    ),
+                    format!("configuration is invalid: cannot set mode to {} in sidecar ingress tls", mode.as_str()),
                 );
             }
             check_server_tls(r, &tpath, tls);
@@ -111,10 +99,7 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &SidecarSpec) {
         match &eg.port {
             None => {
                 if catch_all_found {
-                    r.error(
-                        at(&path, "port"),
-                        "sidecar: egress can have only one listener with empty port",
-                    );
+                    r.error(at(&path, "port"), "sidecar: egress can have only one listener with empty port");
                     continue;
                 }
                 if i == spec.egress.len() - 1 {
@@ -133,41 +118,24 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &SidecarSpec) {
                 check_egress_port(r, &path, port, bind, eg.capture_mode);
                 if port.number == 0 {
                     if !uds.insert(bind.to_string()) {
-                        r.error(
-                            at(&path, "bind"),
-                            "sidecar: unix domain socket values for listeners must be unique",
-                        );
+                        r.error(at(&path, "bind"), "sidecar: unix domain socket values for listeners must be unique");
                     }
                 } else if !ports.insert(port.number) {
-                    r.error(
-                        at(&path, "port.number"),
-                        "sidecar: ports on IP bound listeners must be unique",
-                    );
+                    r.error(at(&path, "port.number"), "sidecar: ports on IP bound listeners must be unique");
                 }
             }
         }
         if eg.hosts.is_empty() {
-            r.error(
-                at(&path, "hosts"),
-                "sidecar: egress listener must contain at least one host",
-            );
+            r.error(at(&path, "hosts"), "sidecar: egress listener must contain at least one host");
             continue;
         }
         let mut by_ns: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (j, h) in eg.hosts.iter().enumerate() {
             let hpath = idx(&at(&path, "hosts"), j);
             if let Some((ns, svc)) = h.split_once('/') {
-                let ns = if ns == "." {
-                    namespace.to_string()
-                } else {
-                    ns.to_string()
-                };
+                let ns = if ns == "." { namespace.to_string() } else { ns.to_string() };
                 let entry = by_ns.entry(ns).or_default();
-                let dup = if svc == "*" {
-                    !entry.is_empty()
-                } else {
-                    entry.contains(svc) || entry.contains("*")
-                };
+                let dup = if svc == "*" { !entry.is_empty() } else { entry.contains(svc) || entry.contains("*") };
                 if dup {
                     r.warn(hpath.clone(), format!("duplicated egress host: {h}"));
                 }
@@ -178,10 +146,7 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &SidecarSpec) {
             }
         }
         if by_ns.get("*").is_some_and(|s| s.contains("*")) && by_ns.len() != 1 {
-            r.warn(
-                at(&path, "hosts"),
-                "`*/*` host select all resources, no other hosts can be added",
-            );
+            r.warn(at(&path, "hosts"), "`*/*` host select all resources, no other hosts can be added");
         }
     }
 
@@ -190,10 +155,7 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &SidecarSpec) {
     {
         let path = "spec.outboundTrafficPolicy.egressProxy";
         if otp.mode.unwrap_or(OutboundTrafficMode::RegistryOnly) != OutboundTrafficMode::AllowAny {
-            r.error(
-                path,
-                "sidecar: egress_proxy must be set only with ALLOW_ANY outbound_traffic_policy mode",
-            );
+            r.error(path, "sidecar: egress_proxy must be set only with ALLOW_ANY outbound_traffic_policy mode");
         } else {
             r.check(at(path, "host"), validate_fqdn(&proxy.host));
             if proxy.port.is_none() {
@@ -226,17 +188,11 @@ fn check_egress_port(r: &mut Report, path: &str, port: &Port, bind: &str, captur
     }
     r.check(at(path, "port.protocol"), validate_protocol(&port.protocol));
     match bind.strip_prefix(UNIX_PREFIX) {
-        None => r.error(
-            at(path, "bind"),
-            "sidecar: ports with 0 value must have a unix domain socket bind address",
-        ),
+        None => r.error(at(path, "bind"), "sidecar: ports with 0 value must have a unix domain socket bind address"),
         Some(addr) => r.check(at(path, "bind"), validate_unix_address(addr)),
     }
     if !matches!(capture, None | Some(CaptureMode::Default | CaptureMode::None)) {
-        r.error(
-            at(path, "captureMode"),
-            "sidecar: captureMode must be DEFAULT/NONE for unix domain socket listeners",
-        );
+        r.error(at(path, "captureMode"), "sidecar: captureMode must be DEFAULT/NONE for unix domain socket listeners");
     }
 }
 
@@ -259,9 +215,6 @@ fn check_default_endpoint(r: &mut Report, path: &str, ep: &str) {
     }
     match port.parse::<i64>() {
         Ok(p) => r.check(path, validate_port(p)),
-        Err(e) => r.error(
-            path,
-            format!("sidecar: defaultEndpoint port ({port}) is not a number: {e}"),
-        ),
+        Err(e) => r.error(path, format!("sidecar: defaultEndpoint port ({port}) is not a number: {e}")),
     }
 }

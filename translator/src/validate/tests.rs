@@ -22,11 +22,7 @@ fn diagnostics(yaml: &str) -> Vec<Diagnostic> {
 }
 
 fn errors(diags: &[Diagnostic]) -> Vec<String> {
-    diags
-        .iter()
-        .filter(|d| d.severity == Severity::Error)
-        .map(|d| format!("{}: {}", d.field, d.message))
-        .collect()
+    diags.iter().filter(|d| d.severity == Severity::Error).map(|d| format!("{}: {}", d.field, d.message)).collect()
 }
 
 const VS: &str =
@@ -409,12 +405,7 @@ const PA: &str =
 )]
 // WorkloadEntry
 #[case::we_no_address(WE, "  labels: {app: a}", "spec.address", "address is required")]
-#[case::we_bad_label(
-    WE,
-    "  address: 1.1.1.1\n  labels: {'bad key!': a}",
-    "spec.labels",
-    "invalid tag key"
-)]
+#[case::we_bad_label(WE, "  address: 1.1.1.1\n  labels: {'bad key!': a}", "spec.labels", "invalid tag key")]
 // PeerAuthentication
 #[case::pa_port_level_without_selector(
     PA,
@@ -446,11 +437,7 @@ fn rule_is_enforced(#[case] head: &str, #[case] body: &str, #[case] field: &str,
     let hit = diags
         .iter()
         .any(|d| d.severity == Severity::Error && d.field == field && d.message.to_lowercase().contains(message));
-    assert!(
-        hit,
-        "expected an error at {field:?} containing {message:?}, got {:#?}",
-        diags
-    );
+    assert!(hit, "expected an error at {field:?} containing {message:?}, got {:#?}", diags);
 }
 
 const VALID: &str = r#"
@@ -680,16 +667,11 @@ fn set_diagnostics(extra: &str) -> Vec<Diagnostic> {
 )]
 #[case::unknown_delegate("  hosts: [reviews]\n  http: [{delegate: {name: missing}}]", Some((Severity::Error, "spec.http[0].delegate", "referenced virtual service not found")))]
 fn references_are_checked(#[case] body: &str, #[case] want: Option<(Severity, &str, &str)>) {
-    let diags = set_diagnostics(&format!(
-        "{}{body}\n",
-        VS.replace("namespace: ns", "namespace: bookinfo")
-    ));
+    let diags = set_diagnostics(&format!("{}{body}\n", VS.replace("namespace: ns", "namespace: bookinfo")));
     match want {
         None => assert!(diags.is_empty(), "{diags:#?}"),
         Some((sev, field, msg)) => assert!(
-            diags
-                .iter()
-                .any(|d| d.severity == sev && d.field == field && d.message.contains(msg)),
+            diags.iter().any(|d| d.severity == sev && d.field == field && d.message.contains(msg)),
             "expected {sev:?} at {field} containing {msg:?}, got {diags:#?}"
         ),
     }
@@ -708,10 +690,7 @@ fn competing_mesh_virtual_services_warn_on_each() {
         vs("b", "reviews.bookinfo.svc.cluster.local"),
         vs("c", "other.example.com")
     ));
-    let conflicts: Vec<&Diagnostic> = diags
-        .iter()
-        .filter(|d| d.message.contains("define the same host"))
-        .collect();
+    let conflicts: Vec<&Diagnostic> = diags.iter().filter(|d| d.message.contains("define the same host")).collect();
     assert_eq!(conflicts.len(), 2, "{diags:#?}");
     assert!(conflicts.iter().all(|d| d.severity == Severity::Warning));
     assert!(conflicts.iter().any(|d| d.object == "VirtualService bookinfo/a"));

@@ -20,9 +20,7 @@ pub(crate) const MESH_GATEWAY: &str = "mesh";
 /// Prefix of header match keys that route on JWT claims (gateways only).
 const JWT_CLAIM_PREFIX: &str = "@request.auth.claims.";
 
-const SUPPORTED_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE",
-];
+const SUPPORTED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"];
 
 const RETRY_ON_POLICIES: &[&str] = &[
     "5xx",
@@ -66,10 +64,7 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &VirtualServiceSpec) 
     let delegate = spec.hosts.is_empty();
     if delegate {
         if !spec.gateways.is_empty() {
-            r.error(
-                "spec.gateways",
-                "delegate virtual service must have no gateways specified",
-            );
+            r.error("spec.gateways", "delegate virtual service must have no gateways specified");
         }
         if !spec.tls.is_empty() {
             r.error("spec.tls", "delegate virtual service must have no tls route specified");
@@ -98,17 +93,11 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &VirtualServiceSpec) 
         }
     }
 
-    let sni = spec
-        .tls
-        .iter()
-        .any(|t| t.r#match.iter().any(|m| !m.sni_hosts.is_empty()));
+    let sni = spec.tls.iter().any(|t| t.r#match.iter().any(|m| !m.sni_hosts.is_empty()));
     let mut all_hosts_valid = true;
     for (i, h) in spec.hosts.iter().enumerate() {
-        let result = if applies_to_gateway {
-            validate_wildcard_domain_for_gateway(sni, h)
-        } else {
-            validate_wildcard_domain(h)
-        };
+        let result =
+            if applies_to_gateway { validate_wildcard_domain_for_gateway(sni, h) } else { validate_wildcard_domain(h) };
         match result {
             Err(e) if !is_ip(h) => {
                 r.error(idx("spec.hosts", i), e);
@@ -130,10 +119,7 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &VirtualServiceSpec) 
                 if hosts_match(&spec.hosts[i], &spec.hosts[j]) {
                     r.error(
                         idx("spec.hosts", j),
-                        format!(
-                            "duplicate hosts in virtual service: {} & {}",
-                            spec.hosts[i], spec.hosts[j]
-                        ),
+                        format!("duplicate hosts in virtual service: {} & {}", spec.hosts[i], spec.hosts[j]),
                     );
                 }
             }
@@ -222,30 +208,18 @@ fn check_http_route(r: &mut Report, path: &str, http: &HttpRoute, delegate: bool
     match route_type {
         RouteType::Root => {
             if http.redirect.is_some() {
-                r.error(
-                    at(path, "redirect"),
-                    format!("root HTTP route {name} must not specify redirect"),
-                );
+                r.error(at(path, "redirect"), format!("root HTTP route {name} must not specify redirect"));
             }
             if !http.route.is_empty() {
-                r.error(
-                    at(path, "route"),
-                    format!("root HTTP route {name} must not specify route"),
-                );
+                r.error(at(path, "route"), format!("root HTTP route {name} must not specify route"));
             }
             if http.direct_response.is_some() {
-                r.error(
-                    at(path, "directResponse"),
-                    format!("root HTTP route {name} must not specify directResponse"),
-                );
+                r.error(at(path, "directResponse"), format!("root HTTP route {name} must not specify directResponse"));
             }
             if let Some(d) = &http.delegate
                 && d.name.is_empty()
             {
-                r.error(
-                    at(path, "delegate.name"),
-                    "required value: delegate must name a virtual service",
-                );
+                r.error(at(path, "delegate.name"), "required value: delegate must name a virtual service");
             }
         }
         RouteType::Delegate | RouteType::Independent => {
@@ -270,10 +244,7 @@ fn check_http_route(r: &mut Report, path: &str, http: &HttpRoute, delegate: bool
     }
     if let Some(p) = http.mirror_percent {
         if p > 100 {
-            r.error(
-                at(path, "mirrorPercent"),
-                format!("mirror_percent must have a max value of 100 (it has {p})"),
-            );
+            r.error(at(path, "mirrorPercent"), format!("mirror_percent must have a max value of 100 (it has {p})"));
         }
         r.warn(
             at(path, "mirrorPercent"),
@@ -303,10 +274,7 @@ fn check_http_route(r: &mut Report, path: &str, http: &HttpRoute, delegate: bool
     for (i, m) in http.mirrors.iter().enumerate() {
         let mpath = idx(&at(path, "mirrors"), i);
         match &m.destination {
-            None => r.error(
-                at(&mpath, "destination"),
-                "required value: destination is required for mirrors",
-            ),
+            None => r.error(at(&mpath, "destination"), "required value: destination is required for mirrors"),
             Some(d) => check_destination(r, &at(&mpath, "destination"), d),
         }
         if let Some(p) = m.percentage {
@@ -330,31 +298,21 @@ fn check_http_route(r: &mut Report, path: &str, http: &HttpRoute, delegate: bool
     if let Some(dr) = &http.direct_response {
         let dpath = at(path, "directResponse");
         if !(200..=600).contains(&dr.status) {
-            r.error(
-                at(&dpath, "status"),
-                format!("HTTP status {} is not in range 200-599", dr.status),
-            );
+            r.error(at(&dpath, "status"), format!("HTTP status {} is not in range 200-599", dr.status));
         }
         if let Some(body) = &dr.body {
             if body.string.is_some() && body.bytes.is_some() {
                 r.error(at(&dpath, "body"), "only one of string or bytes may be set");
             }
-            let size = body
-                .string
-                .as_ref()
-                .map(String::len)
-                .or(body.bytes.as_ref().map(|b| b.len() * 3 / 4))
-                .unwrap_or(0);
+            let size =
+                body.string.as_ref().map(String::len).or(body.bytes.as_ref().map(|b| b.len() * 3 / 4)).unwrap_or(0);
             if size > 1024 * 1024 {
                 r.error(
                     at(&dpath, "body"),
                     "large direct_responses may impact control plane performance, must be less than 1MB",
                 );
             } else if size > 100 * 1024 {
-                r.warn(
-                    at(&dpath, "body"),
-                    "large direct_responses may impact control plane performance",
-                );
+                r.warn(at(&dpath, "body"), "large direct_responses may impact control plane performance");
             }
         }
     }
@@ -374,47 +332,26 @@ fn check_http_route(r: &mut Report, path: &str, http: &HttpRoute, delegate: bool
 fn check_http_route_conflicts(r: &mut Report, path: &str, http: &HttpRoute) {
     if http.redirect.is_some() {
         if !http.route.is_empty() {
-            r.error(
-                at(path, "redirect"),
-                "HTTP route cannot contain both route and redirect",
-            );
+            r.error(at(path, "redirect"), "HTTP route cannot contain both route and redirect");
         }
         if http.fault.is_some() {
-            r.error(
-                at(path, "redirect"),
-                "HTTP route cannot contain both fault and redirect",
-            );
+            r.error(at(path, "redirect"), "HTTP route cannot contain both fault and redirect");
         }
         if http.rewrite.is_some() {
-            r.error(
-                at(path, "redirect"),
-                "HTTP route rule cannot contain both rewrite and redirect",
-            );
+            r.error(at(path, "redirect"), "HTTP route rule cannot contain both rewrite and redirect");
         }
         if http.direct_response.is_some() {
-            r.error(
-                at(path, "redirect"),
-                "HTTP route cannot contain both redirect and direct response",
-            );
+            r.error(at(path, "redirect"), "HTTP route cannot contain both redirect and direct response");
         }
     } else if http.direct_response.is_some() {
         if !http.route.is_empty() {
-            r.error(
-                at(path, "directResponse"),
-                "HTTP route cannot contain both route and direct response",
-            );
+            r.error(at(path, "directResponse"), "HTTP route cannot contain both route and direct response");
         }
         if http.fault.is_some() {
-            r.error(
-                at(path, "directResponse"),
-                "HTTP route cannot contain both fault and direct response",
-            );
+            r.error(at(path, "directResponse"), "HTTP route cannot contain both fault and direct response");
         }
         if http.rewrite.is_some() {
-            r.error(
-                at(path, "directResponse"),
-                "HTTP route rule cannot contain both rewrite and direct response",
-            );
+            r.error(at(path, "directResponse"), "HTTP route rule cannot contain both rewrite and direct response");
         }
     } else if http.route.is_empty() {
         r.error(at(path, "route"), "HTTP route, redirect or direct_response is required");
@@ -422,25 +359,15 @@ fn check_http_route_conflicts(r: &mut Report, path: &str, http: &HttpRoute) {
 }
 
 fn check_http_match(r: &mut Report, path: &str, m: &HttpMatchRequest, route_type: RouteType) {
-    let simple: [(&str, &Option<StringMatch>); 4] = [
-        ("uri", &m.uri),
-        ("scheme", &m.scheme),
-        ("method", &m.method),
-        ("authority", &m.authority),
-    ];
-    let maps: [(&str, &BTreeMap<String, StringMatch>); 3] = [
-        ("headers", &m.headers),
-        ("queryParams", &m.query_params),
-        ("withoutHeaders", &m.without_headers),
-    ];
+    let simple: [(&str, &Option<StringMatch>); 4] =
+        [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)];
+    let maps: [(&str, &BTreeMap<String, StringMatch>); 3] =
+        [("headers", &m.headers), ("queryParams", &m.query_params), ("withoutHeaders", &m.without_headers)];
     for (field, sm) in simple {
         if let Some(sm) = sm {
             check_string_match(r, &at(path, field), sm, field);
             if route_type != RouteType::Independent && sm.regex.is_some() {
-                r.error(
-                    at(path, field),
-                    format!("{field} match does not support regex match for delegating"),
-                );
+                r.error(at(path, field), format!("{field} match does not support regex match for delegating"));
             }
         }
     }
@@ -452,10 +379,7 @@ fn check_http_match(r: &mut Report, path: &str, m: &HttpMatchRequest, route_type
                 r.check(kpath.clone(), validate_header_name(name));
             }
             if route_type != RouteType::Independent && sm.regex.is_some() {
-                r.error(
-                    kpath,
-                    format!("{field} match {name} does not support regex match for delegating"),
-                );
+                r.error(kpath, format!("{field} match {name} does not support regex match for delegating"));
             }
         }
     }
@@ -468,10 +392,7 @@ fn check_http_match(r: &mut Report, path: &str, m: &HttpMatchRequest, route_type
         && !ns.is_empty()
         && !is_dns1123_label(ns)
     {
-        r.error(
-            at(path, "sourceNamespace"),
-            format!("sourceNamespace match {ns} is invalid"),
-        );
+        r.error(at(path, "sourceNamespace"), format!("sourceNamespace match {ns} is invalid"));
     }
 }
 
@@ -510,11 +431,7 @@ fn check_header_ops(r: &mut Report, path: &str, ops: &HeaderOperations, request:
     for (field, map) in [("set", &ops.set), ("add", &ops.add)] {
         for (name, value) in map {
             let kpath = key(&at(path, field), name);
-            let name_check = if request {
-                header_with_authority_op_name(name)
-            } else {
-                header_op_name(name)
-            };
+            let name_check = if request { header_with_authority_op_name(name) } else { header_op_name(name) };
             r.check(kpath.clone(), name_check);
             r.check(kpath, validate_header_value(value));
         }
@@ -534,11 +451,7 @@ fn check_headers(r: &mut Report, path: &str, h: &Headers) {
 }
 
 fn check_authority_rewrite(r: &mut Report, path: &str, http: &HttpRoute) {
-    let mut current = http
-        .rewrite
-        .as_ref()
-        .and_then(|rw| rw.authority.clone())
-        .unwrap_or_default();
+    let mut current = http.rewrite.as_ref().and_then(|rw| rw.authority.clone()).unwrap_or_default();
     let Some(req) = http.headers.as_ref().and_then(|h| h.request.as_ref()) else {
         return;
     };
@@ -560,12 +473,8 @@ fn check_authority_rewrite(r: &mut Report, path: &str, http: &HttpRoute) {
 fn check_cors(r: &mut Report, path: &str, c: &CorsPolicy) {
     for (i, origin) in c.allow_origins.iter().enumerate() {
         let opath = idx(&at(path, "allowOrigins"), i);
-        let value = origin
-            .exact
-            .as_deref()
-            .or(origin.prefix.as_deref())
-            .or(origin.regex.as_deref())
-            .unwrap_or_default();
+        let value =
+            origin.exact.as_deref().or(origin.prefix.as_deref()).or(origin.regex.as_deref()).unwrap_or_default();
         if value.is_empty() {
             r.error(opath.clone(), "'' is not a valid match type for CORS allow origins");
         }
@@ -573,10 +482,7 @@ fn check_cors(r: &mut Report, path: &str, c: &CorsPolicy) {
     }
     for (i, m) in c.allow_methods.iter().enumerate() {
         if !SUPPORTED_METHODS.contains(&m.as_str()) {
-            r.error(
-                idx(&at(path, "allowMethods"), i),
-                format!("{m:?} is not a supported HTTP method"),
-            );
+            r.error(idx(&at(path, "allowMethods"), i), format!("{m:?} is not a supported HTTP method"));
         }
     }
     for (field, list) in [("allowHeaders", &c.allow_headers), ("exposeHeaders", &c.expose_headers)] {
@@ -591,10 +497,7 @@ fn check_cors(r: &mut Report, path: &str, c: &CorsPolicy) {
         if let Ok(d) = crate::api::istio::parse_duration(max_age)
             && d.subsec_nanos() > 0
         {
-            r.error(
-                at(path, "maxAge"),
-                "max_age duration is accurate only to seconds precision",
-            );
+            r.error(at(path, "maxAge"), "max_age duration is accurate only to seconds precision");
         }
     }
 }
@@ -603,10 +506,7 @@ fn check_percentage(r: &mut Report, path: &str, p: Option<crate::api::istio::Per
     if let Some(p) = p
         && (p.value < 0.0 || p.value > 100.0 || (p.value > 0.0 && p.value < 0.0001))
     {
-        r.error(
-            path,
-            format!("percentage {} is neither 0.0, nor in range [0.0001, 100.0]", p.value),
-        );
+        r.error(path, format!("percentage {} is neither 0.0, nor in range [0.0001, 100.0]", p.value));
     }
 }
 
@@ -621,17 +521,11 @@ fn check_fault(r: &mut Report, path: &str, f: &HttpFaultInjection) {
             + usize::from(a.grpc_status.is_some())
             + usize::from(a.http2_error.is_some());
         if set > 1 {
-            r.error(
-                apath.clone(),
-                "only one of httpStatus, grpcStatus or http2Error may be set",
-            );
+            r.error(apath.clone(), "only one of httpStatus, grpcStatus or http2Error may be set");
         }
         if let Some(s) = a.http_status {
             if !(200..=600).contains(&s) {
-                r.error(
-                    at(&apath, "httpStatus"),
-                    format!("HTTP status {s} is not in range 200-599"),
-                );
+                r.error(at(&apath, "httpStatus"), format!("HTTP status {s} is not in range 200-599"));
             }
         } else if let Some(g) = &a.grpc_status {
             if !crate::api::istio::GRPC_STATUS_NAMES.contains(&g.as_str()) {
@@ -641,10 +535,7 @@ fn check_fault(r: &mut Report, path: &str, f: &HttpFaultInjection) {
                 );
             }
         } else if a.http2_error.is_some() {
-            r.error(
-                at(&apath, "http2Error"),
-                "HTTP/2 abort fault injection not supported yet",
-            );
+            r.error(at(&apath, "http2Error"), "HTTP/2 abort fault injection not supported yet");
         } else {
             r.warn(apath, "abort configured, but error type not set");
         }
@@ -705,10 +596,7 @@ fn check_retry(r: &mut Report, path: &str, retry: &HttpRetry) {
     if retry.attempts == 0
         && (retry.per_try_timeout.is_some() || retry.retry_on.is_some() || retry.retry_remote_localities.is_some())
     {
-        r.error(
-            path,
-            "http retry policy configured when attempts are set to 0 (disabled)",
-        );
+        r.error(path, "http retry policy configured when attempts are set to 0 (disabled)");
     }
     if let Some(t) = &retry.per_try_timeout {
         r.check(at(path, "perTryTimeout"), validate_duration(t));
@@ -739,20 +627,14 @@ fn check_redirect(r: &mut Report, path: &str, red: &HttpRedirect) {
         && code != 0
         && !(300..=399).contains(&code)
     {
-        r.error(
-            at(path, "redirectCode"),
-            format!("{code} is not a valid redirect code, must be 3xx"),
-        );
+        r.error(at(path, "redirectCode"), format!("{code} is not a valid redirect code, must be 3xx"));
     }
     if let Some(s) = &red.scheme
         && !s.is_empty()
         && s != "http"
         && s != "https"
     {
-        r.error(
-            at(path, "scheme"),
-            "invalid redirect scheme, must be \"http\" or \"https\"",
-        );
+        r.error(at(path, "scheme"), "invalid redirect scheme, must be \"http\" or \"https\"");
     }
     if let Some(p) = red.port {
         r.check(at(path, "port"), validate_port(i64::from(p)));
@@ -774,15 +656,9 @@ fn check_rewrite(r: &mut Report, path: &str, rw: &HttpRewrite) {
     if let Some(rr) = &rw.uri_regex_rewrite {
         let rpath = at(path, "uriRegexRewrite");
         if rr.r#match.is_empty() || rr.rewrite.is_empty() {
-            r.error(
-                rpath,
-                "UriRegexRewrite requires both Rewrite and Match fields to be specified",
-            );
+            r.error(rpath, "UriRegexRewrite requires both Rewrite and Match fields to be specified");
         } else {
-            r.check(
-                at(&rpath, "match"),
-                validate_regex(&rr.r#match, "HTTPRewrite.UriRegexRewrite.Match"),
-            );
+            r.check(at(&rpath, "match"), validate_regex(&rr.r#match, "HTTPRewrite.UriRegexRewrite.Match"));
         }
     }
 }
@@ -905,10 +781,7 @@ fn check_unreachable_rules(r: &mut Report, spec: &VirtualServiceSpec) {
                 }
             }
             if duplicates == matches.len() {
-                r.warn(
-                    path,
-                    format!("virtualService rule {name} not used (all matches used by prior rules)"),
-                );
+                r.warn(path, format!("virtualService rule {name} not used (all matches used by prior rules)"));
             }
         }
     }
@@ -916,32 +789,11 @@ fn check_unreachable_rules(r: &mut Report, spec: &VirtualServiceSpec) {
         .http
         .iter()
         .enumerate()
-        .map(|(i, h)| {
-            (
-                h.name
-                    .as_ref()
-                    .map(|n| format!("{n:?}"))
-                    .unwrap_or_else(|| format!("#{i}")),
-                h.r#match.clone(),
-            )
-        })
+        .map(|(i, h)| (h.name.as_ref().map(|n| format!("{n:?}")).unwrap_or_else(|| format!("#{i}")), h.r#match.clone()))
         .collect();
-    analyze(r, "spec.http", &http, |m| HttpMatchRequest {
-        name: None,
-        ..m.clone()
-    });
-    let tcp: Vec<_> = spec
-        .tcp
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (format!("#{i}"), t.r#match.clone()))
-        .collect();
+    analyze(r, "spec.http", &http, |m| HttpMatchRequest { name: None, ..m.clone() });
+    let tcp: Vec<_> = spec.tcp.iter().enumerate().map(|(i, t)| (format!("#{i}"), t.r#match.clone())).collect();
     analyze(r, "spec.tcp", &tcp, Clone::clone);
-    let tls: Vec<_> = spec
-        .tls
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (format!("#{i}"), t.r#match.clone()))
-        .collect();
+    let tls: Vec<_> = spec.tls.iter().enumerate().map(|(i, t)| (format!("#{i}"), t.r#match.clone())).collect();
     analyze(r, "spec.tls", &tls, Clone::clone);
 }

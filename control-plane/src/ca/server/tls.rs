@@ -58,9 +58,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Parses every `CERTIFICATE` block of a PEM text.
 pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(config_err)?;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(config_err)?;
     if certs.is_empty() {
         return Err(TlsError::Config("no certificate in PEM".into()));
     }
@@ -118,7 +116,11 @@ impl ServerCertResolver {
         Ok(ServerCertResolver { authority, names, ttl, current: Mutex::new(first) })
     }
 
-    fn issue(authority: &Authority, names: &[String], ttl: Duration) -> Result<(Arc<CertifiedKey>, SystemTime), TlsError> {
+    fn issue(
+        authority: &Authority,
+        names: &[String],
+        ttl: Duration,
+    ) -> Result<(Arc<CertifiedKey>, SystemTime), TlsError> {
         let (chain, key) = authority.issue_server_cert(names, ttl)?;
         let renew_at = SystemTime::now() + ttl / 2;
         Ok((Arc::new(certified_key(&chain, &key)?), renew_at))

@@ -127,7 +127,8 @@ pub async fn load_authority(
     mut leading: watch::Receiver<bool>,
 ) -> Result<(Authority, CaOrigin), CaSecretError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let api_err = |name: &str, source| CaSecretError::Api { namespace: namespace.to_string(), name: name.to_string(), source };
+    let api_err =
+        |name: &str, source| CaSecretError::Api { namespace: namespace.to_string(), name: name.to_string(), source };
     if let Some(plugin) = api.get_opt(PLUGIN_SECRET).await.map_err(|e| api_err(PLUGIN_SECRET, e))? {
         info!(secret = %format!("{namespace}/{PLUGIN_SECRET}"), "plug-in CA");
         return Ok((authority_of(&plugin, options)?, CaOrigin::Plugin));

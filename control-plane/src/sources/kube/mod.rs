@@ -32,10 +32,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::Client;
 use sailplane_translator::Diagnostic;
 use sailplane_translator::api::{ISTIO_NETWORKING_VERSIONS, ISTIO_SECURITY_VERSIONS, parse_object};
 use sailplane_translator::model::MeshConfig;
@@ -229,9 +229,7 @@ fn is_tls_secret(obj: &Value) -> bool {
         return true;
     }
     let has_key = |field: &str| {
-        obj.get(field)
-            .and_then(Value::as_object)
-            .is_some_and(|m| TLS_SECRET_KEYS.iter().any(|k| m.contains_key(*k)))
+        obj.get(field).and_then(Value::as_object).is_some_and(|m| TLS_SECRET_KEYS.iter().any(|k| m.contains_key(*k)))
     };
     let opaque = matches!(obj.get("type").and_then(Value::as_str), None | Some("Opaque") | Some(""));
     opaque && (has_key("data") || has_key("stringData"))
@@ -256,10 +254,10 @@ pub async fn read_mesh_config(
     name: &str,
 ) -> Result<Option<(MeshConfig, String)>, KubeSourceError> {
     let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let cm = api.get_opt(name).await.map_err(|source| KubeSourceError::Api {
-        what: format!("get configmap {namespace}/{name}"),
-        source,
-    })?;
+    let cm = api
+        .get_opt(name)
+        .await
+        .map_err(|source| KubeSourceError::Api { what: format!("get configmap {namespace}/{name}"), source })?;
     let Some(cm) = cm else { return Ok(None) };
     let text = cm.data.as_ref().and_then(|d| d.get("mesh")).cloned().unwrap_or_default();
     let mesh = parse_mesh_text(&text).map_err(|message| KubeSourceError::MeshConfig {
@@ -315,16 +313,10 @@ impl KubeSource {
             };
             for ik in ISTIO_KINDS.iter().filter(|k| k.group == group_name) {
                 let served_with_kind = |v: &str| {
-                    group
-                        .versioned_resources(v)
-                        .into_iter()
-                        .find(|(ar, _)| ar.kind == ik.kind)
-                        .map(|(ar, _)| ar)
+                    group.versioned_resources(v).into_iter().find(|(ar, _)| ar.kind == ik.kind).map(|(ar, _)| ar)
                 };
-                let preferred = group
-                    .preferred_version()
-                    .filter(|p| ik.versions().any(|v| v == *p))
-                    .and_then(&served_with_kind);
+                let preferred =
+                    group.preferred_version().filter(|p| ik.versions().any(|v| v == *p)).and_then(&served_with_kind);
                 let chosen = preferred.or_else(|| ik.versions().find_map(&served_with_kind));
                 match chosen {
                     Some(resource) => {
@@ -486,7 +478,8 @@ impl Follower {
         let value = match to_document(obj, &self.watch.resource) {
             Ok(v) => v,
             Err(e) => {
-                let d = Diagnostic::error(origin.clone(), "", format!("cannot encode object: {e}")).with_source(origin.clone());
+                let d = Diagnostic::error(origin.clone(), "", format!("cannot encode object: {e}"))
+                    .with_source(origin.clone());
                 self.store.apply(ConfigEvent::Upsert { origin: origin.clone(), objects: vec![], diagnostics: vec![d] });
                 return (origin, true);
             }
@@ -502,7 +495,11 @@ impl Follower {
             Ok(object) => ConfigEvent::Upsert { origin: origin.clone(), objects: vec![object], diagnostics: vec![] },
             Err(d) => {
                 warn!(diagnostic = %d, %origin, "invalid object");
-                ConfigEvent::Upsert { origin: origin.clone(), objects: vec![], diagnostics: vec![d.with_source(origin.clone())] }
+                ConfigEvent::Upsert {
+                    origin: origin.clone(),
+                    objects: vec![],
+                    diagnostics: vec![d.with_source(origin.clone())],
+                }
             }
         };
         self.store.apply(event);

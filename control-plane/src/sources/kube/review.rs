@@ -13,8 +13,8 @@ use std::pin::Pin;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use tracing::debug;
 
 use crate::ca::server::{AuthError, AuthFuture, Authenticator, Caller, Credentials};

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use sailplane_translator::api::Object;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};

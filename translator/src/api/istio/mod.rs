@@ -164,9 +164,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, DurationError> {
         if int_part.is_empty() && frac_part.is_empty() {
             return Err(syntax());
         }
-        let unit_len = after_num
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after_num.len());
+        let unit_len = after_num.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after_num.len());
         let (unit, next) = after_num.split_at(unit_len);
         let unit_nanos: u128 = match unit {
             "ns" => 1,
@@ -182,9 +180,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, DurationError> {
         } else {
             int_part.parse().map_err(|_| DurationError::Overflow(s.to_string()))?
         };
-        let mut value = int_value
-            .checked_mul(unit_nanos)
-            .ok_or_else(|| DurationError::Overflow(s.to_string()))?;
+        let mut value = int_value.checked_mul(unit_nanos).ok_or_else(|| DurationError::Overflow(s.to_string()))?;
         // The fraction is scaled digit by digit so `0.001s` is exactly one millisecond.
         let mut scale = unit_nanos;
         for d in frac_part.bytes() {
@@ -194,9 +190,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, DurationError> {
             }
             value += u128::from(d - b'0') * scale;
         }
-        total_nanos = total_nanos
-            .checked_add(value)
-            .ok_or_else(|| DurationError::Overflow(s.to_string()))?;
+        total_nanos = total_nanos.checked_add(value).ok_or_else(|| DurationError::Overflow(s.to_string()))?;
         rest = next;
     }
     let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| DurationError::Overflow(s.to_string()))?;
