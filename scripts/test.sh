@@ -15,6 +15,8 @@ export ENVOY_BIN
 export SAILPLANE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/sailplane"
 
 log "cargo fmt --check"
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt >/dev/null 2>&1 \
+    || die "rustfmt is not installed and 'rustup component add rustfmt' failed"
 cargo fmt --all --check || die "formatting differs from rustfmt.toml: run 'cargo fmt' and commit the result"
 
 log "cargo build --workspace --all-targets"

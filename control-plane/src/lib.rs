@@ -7,12 +7,16 @@
 
 pub mod admin;
 pub mod agent;
+pub mod bootstrap;
 pub mod ca;
 pub mod cli;
+pub mod identity;
+pub mod kubernetes;
 pub mod metrics;
 pub mod proxy;
 pub mod push;
 pub mod sources;
 pub mod store;
+pub mod tls;
 pub mod webhook;
 pub mod xds;

@@ -47,11 +47,7 @@ impl ProxyInfo {
         if parts.len() != 4 {
             return Err(NodeError::BadId(node.id.clone()));
         }
-        let node_type = match parts[0] {
-            "sidecar" => NodeType::Sidecar,
-            "router" => NodeType::Router,
-            _ => return Err(NodeError::BadId(node.id.clone())),
-        };
+        let node_type: NodeType = parts[0].parse().map_err(|_| NodeError::BadId(node.id.clone()))?;
         let (pod, id_namespace) = parts[2].rsplit_once('.').unwrap_or((parts[2], ""));
         let dns_namespace = parts[3].split('.').next().unwrap_or_default();
         let meta = node.metadata.as_ref();

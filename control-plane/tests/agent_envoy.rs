@@ -114,7 +114,7 @@ static_resources:
 
 /// Connects with TLS trusting `root`, sends a GET, returns (peer leaf DER, HTTP response).
 async fn tls_get(port: u16, root: &str) -> std::io::Result<(Vec<u8>, String)> {
-    let config = rustls::ClientConfig::builder_with_provider(sailplane::ca::server::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(sailplane::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(std::io::Error::other)?
         .dangerous()

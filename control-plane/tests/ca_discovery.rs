@@ -14,7 +14,7 @@ use ca_support::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use sailplane::agent::ca_client::{CaClient, CaClientError};
 use sailplane::agent::keys::{self, KeyType};
-use sailplane::ca::Identity;
+use sailplane::identity::Identity;
 
 struct Discovery {
     child: Child,

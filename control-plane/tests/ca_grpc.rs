@@ -14,7 +14,7 @@ use rustls::pki_types::ServerName;
 use sailplane::agent::ca_client::CaClientError;
 use sailplane::agent::keys::{self, KeyType};
 use sailplane::ca::CaOptions;
-use sailplane::ca::server::tls;
+use sailplane::tls;
 use sailplane_proto::istio::ca::IstioCertificateRequest;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -74,7 +74,7 @@ async fn csr_for_another_identity_is_permission_denied() {
         assert!(msg.contains("spiffe://cluster.local/ns/bookinfo/sa/reviews"), "message names the caller: {msg}");
     }
     // Another trust domain is another identity too.
-    let other_td = sailplane::ca::Identity { trust_domain: "evil.org".into(), ..identity("bookinfo", "reviews") };
+    let other_td = sailplane::identity::Identity { trust_domain: "evil.org".into(), ..identity("bookinfo", "reviews") };
     let csr = keys::generate(KeyType::Ec, &other_td).unwrap().csr_pem;
     let (code, _) = code_of(ca.client().sign(csr, Duration::from_secs(600), &token).await.unwrap_err());
     assert_eq!(code, Code::PermissionDenied);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use fake_apiserver::FakeApiServer;
-use sailplane::cli::bootstrap::{BootstrapArgs, render};
+use sailplane::bootstrap::{BootstrapArgs, render};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

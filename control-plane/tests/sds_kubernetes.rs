@@ -15,7 +15,7 @@ use fake_apiserver::FakeApiServer;
 use mesh_support::{Sotw, WAIT, free_port, node, secrets_of, tls_channel};
 use sailplane::agent::ca_client::CaClient;
 use sailplane::agent::keys::{self, KeyType};
-use sailplane::ca::Identity;
+use sailplane::identity::Identity;
 use serde_json::json;
 
 struct Discovery {

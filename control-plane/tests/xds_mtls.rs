@@ -207,7 +207,7 @@ fn server_cert(host: &str) -> (String, String, String) {
 
 /// GET `https://<host>/` at 127.0.0.1:`port`, verifying the server against `ca_pem`.
 async fn https_get(port: u16, host: &str, ca_pem: &str) -> Result<(u16, String), String> {
-    use sailplane::ca::server::tls;
+    use sailplane::tls;
     let config = rustls::ClientConfig::builder_with_provider(tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()

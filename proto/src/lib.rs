@@ -57,9 +57,6 @@ pub enum Error {
         /// Serializer error.
         message: String,
     },
-    /// A resource type has no config_dump section.
-    #[error("no config_dump section for type {0:?}")]
-    UnsupportedType(String),
 }
 
 /// The descriptor pool holding every Envoy message, decoded once.
@@ -144,11 +141,36 @@ mod prost_types_any {
     }
 }
 
+/// How one resource is wrapped inside its config-dump section (Envoy's admin API messages differ
+/// per type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpLayout {
+    /// `{"version_info", "<resource_key>": {..}}` (clusters, endpoints, routes).
+    Versioned,
+    /// `{"name", "version_info", "<resource_key>": {..}}` (secrets).
+    NamedVersioned,
+    /// `{"name", "active_state": {"version_info", "<resource_key>": {..}}}` (listeners).
+    NamedActiveState,
+}
+
+/// One section of Envoy's admin `/config_dump`: the admin message that holds a resource type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DumpSection {
+    /// Type URL of the admin message (`type.googleapis.com/envoy.admin.v3.ClustersConfigDump`).
+    pub dump_type: &'static str,
+    /// Its repeated field holding the dynamic resources (`dynamic_active_clusters`).
+    pub field: &'static str,
+    /// The key of the resource inside each item (`cluster`).
+    pub resource_key: &'static str,
+    /// How each item is shaped.
+    pub layout: DumpLayout,
+}
+
 /// One resource to put into a config dump.
 #[derive(Debug, Clone, Copy)]
 pub struct DumpEntry<'a> {
-    /// Wire type URL of the resource type (`type.googleapis.com/envoy.config.cluster.v3.Cluster`).
-    pub type_url: &'a str,
+    /// The section of the resource's type.
+    pub section: &'a DumpSection,
     /// Resource name.
     pub name: &'a str,
     /// Version the resource was sent with.
@@ -156,35 +178,6 @@ pub struct DumpEntry<'a> {
     /// The resource as an encoded `google.protobuf.Any`.
     pub any: &'a [u8],
 }
-
-/// Config dump sections, in the order Envoy's admin `/config_dump` lists them.
-const SECTIONS: [(&str, &str, &str); 5] = [
-    (
-        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-        "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
-        "dynamic_active_clusters",
-    ),
-    (
-        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-        "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
-        "dynamic_endpoint_configs",
-    ),
-    (
-        "type.googleapis.com/envoy.config.listener.v3.Listener",
-        "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
-        "dynamic_listeners",
-    ),
-    (
-        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-        "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
-        "dynamic_route_configs",
-    ),
-    (
-        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-        "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
-        "dynamic_active_secrets",
-    ),
-];
 
 /// Renders resources in the shape of Envoy's admin `/config_dump`:
 ///
@@ -198,41 +191,41 @@ const SECTIONS: [(&str, &str, &str); 5] = [
 /// ]}
 /// ```
 ///
-/// Sections appear in Envoy's order (clusters, endpoints, listeners, routes, secrets), only for
-/// types that have entries; entries keep the order they were given in. Object keys are sorted at
-/// every level, and fields Envoy fills from its own clock (`last_updated`) are left out, so the
-/// output is deterministic.
+/// Sections appear in the order their first entry comes (callers pass entries in push order, which is
+/// Envoy's order: clusters, endpoints, listeners, routes, secrets), only for types that have entries;
+/// entries keep the order they were given in. Object keys are sorted at every level, and fields
+/// Envoy fills from its own clock (`last_updated`) are left out, so the output is deterministic.
 pub fn config_dump<'a>(entries: impl IntoIterator<Item = DumpEntry<'a>>) -> Result<Value, Error> {
-    let mut per_section: [Vec<Value>; 5] = Default::default();
+    let mut sections: Vec<(&DumpSection, Vec<Value>)> = Vec::new();
     for e in entries {
-        let idx = SECTIONS
-            .iter()
-            .position(|(t, _, _)| *t == e.type_url)
-            .ok_or_else(|| Error::UnsupportedType(e.type_url.to_string()))?;
         let (type_url, body) = any_body_json(e.any)?;
         let mut resource = Map::new();
         resource.insert("@type".to_string(), Value::String(type_url));
         if let Value::Object(mut fields) = body {
             resource.append(&mut fields);
         }
-        let resource = Value::Object(resource);
-        let item = match idx {
-            0 => json!({"version_info": e.version, "cluster": resource}),
-            1 => json!({"version_info": e.version, "endpoint_config": resource}),
-            2 => json!({"name": e.name, "active_state": {"version_info": e.version, "listener": resource}}),
-            3 => json!({"version_info": e.version, "route_config": resource}),
-            _ => json!({"name": e.name, "version_info": e.version, "secret": resource}),
+        let mut inner = Map::new();
+        inner.insert("version_info".to_string(), Value::String(e.version.to_string()));
+        inner.insert(e.section.resource_key.to_string(), Value::Object(resource));
+        let item = match e.section.layout {
+            DumpLayout::Versioned => Value::Object(inner),
+            DumpLayout::NamedVersioned => {
+                inner.insert("name".to_string(), Value::String(e.name.to_string()));
+                Value::Object(inner)
+            }
+            DumpLayout::NamedActiveState => json!({"name": e.name, "active_state": Value::Object(inner)}),
         };
-        per_section[idx].push(item);
+        match sections.iter_mut().find(|(s, _)| *s == e.section) {
+            Some((_, items)) => items.push(item),
+            None => sections.push((e.section, vec![item])),
+        }
     }
-    let configs: Vec<Value> = SECTIONS
-        .iter()
-        .zip(per_section)
-        .filter(|(_, items)| !items.is_empty())
-        .map(|((_, dump_type, field), items)| {
+    let configs: Vec<Value> = sections
+        .into_iter()
+        .map(|(s, items)| {
             let mut section = Map::new();
-            section.insert("@type".to_string(), Value::String((*dump_type).to_string()));
-            section.insert((*field).to_string(), Value::Array(items));
+            section.insert("@type".to_string(), Value::String(s.dump_type.to_string()));
+            section.insert(s.field.to_string(), Value::Array(items));
             Value::Object(section)
         })
         .collect();
@@ -279,27 +272,46 @@ mod tests {
     #[test]
     fn config_dump_has_envoy_shape() {
         let any = cluster_any();
-        let dump = config_dump([DumpEntry {
-            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            name: "c1",
-            version: "v1",
-            any: &any,
-        }])
+        let dump = config_dump([
+            DumpEntry { section: &CLUSTERS, name: "c1", version: "v1", any: &any },
+            DumpEntry { section: &AS_LISTENERS, name: "c1", version: "v2", any: &any },
+            DumpEntry { section: &CLUSTERS, name: "c1", version: "v3", any: &any },
+        ])
         .unwrap();
         let section = &dump["configs"][0];
         assert_eq!(section["@type"], "type.googleapis.com/envoy.admin.v3.ClustersConfigDump");
         assert_eq!(section["dynamic_active_clusters"][0]["version_info"], "v1");
         assert_eq!(section["dynamic_active_clusters"][0]["cluster"]["name"], "c1");
-        assert_eq!(dump["configs"].as_array().unwrap().len(), 1);
+        assert_eq!(section["dynamic_active_clusters"][1]["version_info"], "v3");
+        let listeners = &dump["configs"][1]["dynamic_listeners"][0];
+        assert_eq!(listeners["name"], "c1");
+        assert_eq!(listeners["active_state"]["version_info"], "v2");
+        assert_eq!(listeners["active_state"]["listener"]["name"], "c1");
+        assert_eq!(dump["configs"].as_array().unwrap().len(), 2);
     }
+
+    const CLUSTERS: DumpSection = DumpSection {
+        dump_type: "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+        field: "dynamic_active_clusters",
+        resource_key: "cluster",
+        layout: DumpLayout::Versioned,
+    };
+
+    /// A listener-shaped section (the payload is a cluster; only the wrapping is checked).
+    const AS_LISTENERS: DumpSection = DumpSection {
+        dump_type: "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+        field: "dynamic_listeners",
+        resource_key: "listener",
+        layout: DumpLayout::NamedActiveState,
+    };
 
     #[test]
     fn unknown_types_are_errors() {
         let any = prost_types_any::Any { type_url: "type.googleapis.com/no.such.Message".into(), value: vec![] }
             .encode_to_vec();
         assert!(matches!(any_to_json(&any), Err(Error::UnknownType(_))));
-        let err = config_dump([DumpEntry { type_url: "x", name: "n", version: "v", any: &any }]).unwrap_err();
-        assert!(matches!(err, Error::UnsupportedType(_)));
+        let err = config_dump([DumpEntry { section: &CLUSTERS, name: "n", version: "v", any: &any }]).unwrap_err();
+        assert!(matches!(err, Error::UnknownType(_)));
     }
 
     #[test]

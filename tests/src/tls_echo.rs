@@ -165,7 +165,7 @@ pub async fn mesh_cert(cp: &ControlPlane, ns: &str, sa: &str, ttl: Duration) -> 
     let token_file = scratch.path().join("token");
     create_token(cp, ns, sa, "1h", &token_file)?;
     let token = std::fs::read_to_string(&token_file)?.trim().to_string();
-    let identity = sailplane::ca::Identity {
+    let identity = sailplane::identity::Identity {
         trust_domain: "cluster.local".into(),
         namespace: ns.into(),
         service_account: sa.into(),

@@ -10,36 +10,151 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::{Message, Name};
+pub use sailplane_proto::{DumpLayout, DumpSection};
 
-/// The xDS resource types Sailplane serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TypeUrl {
+/// How a type's resources are addressed in requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressing {
+    /// The client asks for everything (an empty first request or `*`): LDS and CDS. A
+    /// state-of-the-world response always carries every resource of the type.
+    Wildcard,
+    /// The client names what it wants: EDS, RDS, SDS. A response carries the named resources only.
+    Named,
+}
+
+/// Where a type's resources come from on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// From the proxy's snapshot, shared by every proxy whose inputs are equal.
+    PerSnapshot,
+    /// From the stream itself, because what a proxy may receive depends on who it proved to be
+    /// (its verified certificate), not only on its configuration.
+    PerStream(StreamSource),
+}
+
+/// Which per-stream source serves a type (the xDS server holds one of each per stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamSource {
+    /// `kubernetes://` secrets, as the proxy's identity may read them.
+    Secrets,
+}
+
+/// One row of the xDS type table.
+#[derive(Debug, Clone, Copy)]
+pub struct TypeInfo {
+    /// The full type URL as it appears on the wire.
+    pub url: &'static str,
+    /// Short name used in logs, metrics and debug output (`cds`, `eds`, ...).
+    pub short: &'static str,
+    /// How requests address resources of this type.
+    pub addressing: Addressing,
+    /// Where a stream takes this type's resources from.
+    pub served: Served,
+    /// The section of Envoy's admin `/config_dump` that holds this type.
+    pub dump: DumpSection,
+}
+
+/// Defines [`TypeUrl`] and its table from one list of rows, in push order, so that a new type is one
+/// row: [`TypeUrl::ALL`], [`TypeUrl::COUNT`] and [`PerType`] follow from the list, and every `match`
+/// on [`TypeUrl`] elsewhere (they are exhaustive on purpose) stops compiling until it handles the new
+/// type.
+macro_rules! xds_types {
+    ($( $(#[$doc:meta])* $variant:ident => $info:expr, )+) => {
+        /// The xDS resource types Sailplane serves, in the order Envoy wants them pushed.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum TypeUrl {
+            $( $(#[$doc])* $variant, )+
+        }
+
+        impl TypeUrl {
+            /// Every type, in push order.
+            pub const ALL: [TypeUrl; [$(stringify!($variant)),+].len()] = [$(TypeUrl::$variant),+];
+
+            /// The number of types.
+            pub const COUNT: usize = TypeUrl::ALL.len();
+
+            /// This type's row of the table.
+            pub const fn info(self) -> &'static TypeInfo {
+                match self {
+                    $( TypeUrl::$variant => &$info, )+
+                }
+            }
+        }
+    };
+}
+
+xds_types! {
     /// `envoy.config.cluster.v3.Cluster` (CDS)
-    Cluster,
+    Cluster => TypeInfo {
+        url: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        short: "cds",
+        addressing: Addressing::Wildcard,
+        served: Served::PerSnapshot,
+        dump: DumpSection {
+            dump_type: "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+            field: "dynamic_active_clusters",
+            resource_key: "cluster",
+            layout: DumpLayout::Versioned,
+        },
+    },
     /// `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS)
-    Endpoint,
+    Endpoint => TypeInfo {
+        url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+        short: "eds",
+        addressing: Addressing::Named,
+        served: Served::PerSnapshot,
+        dump: DumpSection {
+            dump_type: "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+            field: "dynamic_endpoint_configs",
+            resource_key: "endpoint_config",
+            layout: DumpLayout::Versioned,
+        },
+    },
     /// `envoy.config.listener.v3.Listener` (LDS)
-    Listener,
+    Listener => TypeInfo {
+        url: "type.googleapis.com/envoy.config.listener.v3.Listener",
+        short: "lds",
+        addressing: Addressing::Wildcard,
+        served: Served::PerSnapshot,
+        dump: DumpSection {
+            dump_type: "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+            field: "dynamic_listeners",
+            resource_key: "listener",
+            layout: DumpLayout::NamedActiveState,
+        },
+    },
     /// `envoy.config.route.v3.RouteConfiguration` (RDS)
-    Route,
+    Route => TypeInfo {
+        url: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        short: "rds",
+        addressing: Addressing::Named,
+        served: Served::PerSnapshot,
+        dump: DumpSection {
+            dump_type: "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+            field: "dynamic_route_configs",
+            resource_key: "route_config",
+            layout: DumpLayout::Versioned,
+        },
+    },
     /// `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS)
-    Secret,
+    Secret => TypeInfo {
+        url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        short: "sds",
+        addressing: Addressing::Named,
+        served: Served::PerStream(StreamSource::Secrets),
+        dump: DumpSection {
+            dump_type: "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+            field: "dynamic_active_secrets",
+            resource_key: "secret",
+            layout: DumpLayout::NamedVersioned,
+        },
+    },
 }
 
 impl TypeUrl {
-    /// All types in the order Envoy wants them pushed: CDS, EDS, LDS, RDS, SDS.
-    pub const ALL: [TypeUrl; 5] =
-        [TypeUrl::Cluster, TypeUrl::Endpoint, TypeUrl::Listener, TypeUrl::Route, TypeUrl::Secret];
-
     /// The full type URL as it appears on the wire.
     pub const fn as_str(self) -> &'static str {
-        match self {
-            TypeUrl::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            TypeUrl::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-            TypeUrl::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
-            TypeUrl::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-            TypeUrl::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-        }
+        self.info().url
     }
 
     /// Parses a wire type URL.
@@ -49,24 +164,78 @@ impl TypeUrl {
 
     /// Short name used in logs, metrics and debug output (`cds`, `eds`, ...).
     pub const fn short(self) -> &'static str {
-        match self {
-            TypeUrl::Cluster => "cds",
-            TypeUrl::Endpoint => "eds",
-            TypeUrl::Listener => "lds",
-            TypeUrl::Route => "rds",
-            TypeUrl::Secret => "sds",
-        }
+        self.info().short
     }
 
     /// Whether a state-of-the-world response for this type always carries every resource
     /// (LDS and CDS), rather than only the names the client asked for.
     pub const fn sotw_sends_all(self) -> bool {
-        matches!(self, TypeUrl::Cluster | TypeUrl::Listener)
+        matches!(self.info().addressing, Addressing::Wildcard)
     }
 
-    /// Index into per-type arrays.
+    /// Whether a stream serves this type from its own state rather than from the snapshot.
+    pub const fn per_stream(self) -> bool {
+        matches!(self.info().served, Served::PerStream(_))
+    }
+
+    /// Position in push order: the index into [`PerType`].
     pub const fn index(self) -> usize {
         self as usize
+    }
+}
+
+// The enum's order is the table's order, so `index` can be the discriminant.
+const _: () = {
+    let mut i = 0;
+    while i < TypeUrl::COUNT {
+        assert!(TypeUrl::ALL[i].index() == i);
+        i += 1;
+    }
+};
+
+/// One value per xDS type, indexed by [`TypeUrl`]. Sized by the type table, so per-type state never
+/// spells out the number of types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerType<T>([T; TypeUrl::COUNT]);
+
+impl<T> PerType<T> {
+    /// A value for each type, from `f`.
+    pub fn from_fn(mut f: impl FnMut(TypeUrl) -> T) -> Self {
+        PerType(TypeUrl::ALL.map(&mut f))
+    }
+
+    /// Every type with its value, in push order.
+    pub fn iter(&self) -> impl Iterator<Item = (TypeUrl, &T)> {
+        TypeUrl::ALL.into_iter().zip(self.0.iter())
+    }
+
+    /// Every type with its value, mutably, in push order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (TypeUrl, &mut T)> {
+        TypeUrl::ALL.into_iter().zip(self.0.iter_mut())
+    }
+
+    /// The values, in push order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+}
+
+impl<T: Default> Default for PerType<T> {
+    fn default() -> Self {
+        PerType::from_fn(|_| T::default())
+    }
+}
+
+impl<T> std::ops::Index<TypeUrl> for PerType<T> {
+    type Output = T;
+    fn index(&self, t: TypeUrl) -> &T {
+        &self.0[t.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<TypeUrl> for PerType<T> {
+    fn index_mut(&mut self, t: TypeUrl) -> &mut T {
+        &mut self.0[t.index()]
     }
 }
 
@@ -133,7 +302,7 @@ pub type ResourceMap = BTreeMap<String, Arc<Resource>>;
 /// Everything one proxy should hold, per type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResourceSet {
-    by_type: [ResourceMap; 5],
+    by_type: PerType<ResourceMap>,
 }
 
 impl ResourceSet {
@@ -144,7 +313,7 @@ impl ResourceSet {
 
     /// Adds (or replaces) a resource of type `t`.
     pub fn insert(&mut self, t: TypeUrl, r: Resource) {
-        self.by_type[t.index()].insert(r.name.clone(), Arc::new(r));
+        self.by_type[t].insert(r.name.clone(), Arc::new(r));
     }
 
     /// Encodes and adds a message.
@@ -159,17 +328,17 @@ impl ResourceSet {
 
     /// Resources of type `t`.
     pub fn of(&self, t: TypeUrl) -> &ResourceMap {
-        &self.by_type[t.index()]
+        &self.by_type[t]
     }
 
     /// A resource by type and name.
     pub fn get(&self, t: TypeUrl, name: &str) -> Option<&Arc<Resource>> {
-        self.by_type[t.index()].get(name)
+        self.by_type[t].get(name)
     }
 
     /// Total number of resources.
     pub fn len(&self) -> usize {
-        self.by_type.iter().map(BTreeMap::len).sum()
+        self.by_type.values().map(BTreeMap::len).sum()
     }
 
     /// Whether the set holds nothing.
@@ -191,6 +360,6 @@ impl ResourceSet {
 
     /// Encoded size of all resources, in bytes.
     pub fn encoded_len(&self) -> usize {
-        self.by_type.iter().flat_map(|m| m.values()).map(|r| r.any.len()).sum()
+        self.by_type.values().flat_map(|m| m.values()).map(|r| r.any.len()).sum()
     }
 }

@@ -126,7 +126,7 @@ fn render(case: &Case) -> BTreeMap<&'static str, String> {
     let mut out = BTreeMap::new();
     for (file, t) in OUTPUTS {
         let entries = case.set.of(t).values().map(|r| sailplane_proto::DumpEntry {
-            type_url: t.as_str(),
+            section: &t.info().dump,
             name: &r.name,
             version: &r.version,
             any: &r.any,

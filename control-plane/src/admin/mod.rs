@@ -76,7 +76,7 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) ->
         return (StatusCode::NOT_FOUND, format!("proxy {id:?} is not connected\n")).into_response();
     };
     let items = sent.iter().map(|(t, r)| sailplane_proto::DumpEntry {
-        type_url: t.as_str(),
+        section: &t.info().dump,
         name: r.name.as_str(),
         version: r.version.as_str(),
         any: &r.any[..],

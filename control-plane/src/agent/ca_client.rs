@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::ca::server::tls::{TlsError, provider, root_store};
+use crate::tls::{TlsError, provider, root_store};
 
 /// How long connecting (TCP and TLS) to the CA may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

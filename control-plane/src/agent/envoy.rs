@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
 use super::secrets::WORKLOAD_SECRET;
-use crate::cli::bootstrap::{self, BootstrapArgs};
+use crate::bootstrap::{self, BootstrapArgs};
 
 /// Name of the static cluster pointing at the agent's SDS socket (Istio's name).
 pub const SDS_CLUSTER: &str = "sds-grpc";

@@ -7,7 +7,7 @@ use rcgen::{
 use rsa::pkcs8::EncodePrivateKey;
 use rustls::pki_types::PrivatePkcs8KeyDer;
 
-use crate::ca::Identity;
+use crate::identity::Identity;
 
 /// Which private key to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

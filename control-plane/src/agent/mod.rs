@@ -30,7 +30,7 @@ use self::ca_client::{CaClient, CaClientError};
 use self::keys::{KeyError, KeyType};
 use self::sds::SdsError;
 use self::secrets::{SecretCache, WorkloadSecret};
-use crate::ca::Identity;
+use crate::identity::Identity;
 
 /// Istio's default grace ratio: rotate once half of the lifetime has passed.
 pub const DEFAULT_GRACE_RATIO: f64 = 0.5;

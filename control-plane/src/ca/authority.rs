@@ -9,6 +9,8 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+use crate::identity::Identity;
+
 /// File names of Istio's plug-in CA layout (the `cacerts` Secret), also used for the self-signed root.
 pub const CA_CERT: &str = "ca-cert.pem";
 /// Signing key.
@@ -59,39 +61,6 @@ pub enum CaError {
     /// Signing failed.
     #[error("signing: {0}")]
     Sign(String),
-}
-
-/// A workload identity: `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Identity {
-    /// Trust domain.
-    pub trust_domain: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Service account.
-    pub service_account: String,
-}
-
-impl Identity {
-    /// The SPIFFE URI.
-    pub fn spiffe_uri(&self) -> String {
-        format!("spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
-    }
-
-    /// Parses a SPIFFE URI of the `ns/<ns>/sa/<sa>` form.
-    pub fn from_spiffe_uri(uri: &str) -> Option<Identity> {
-        let rest = uri.strip_prefix("spiffe://")?;
-        let mut parts = rest.split('/');
-        let td = parts.next()?;
-        match (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()) {
-            ("ns", ns, "sa", sa, None) if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => Some(Identity {
-                trust_domain: td.to_string(),
-                namespace: ns.to_string(),
-                service_account: sa.to_string(),
-            }),
-            _ => None,
-        }
-    }
 }
 
 /// Lifetimes and naming.

@@ -9,4 +9,4 @@ mod authority;
 pub mod server;
 pub mod token;
 
-pub use authority::{Authority, CA_CERT, CA_KEY, CERT_CHAIN, CaError, CaOptions, Identity, ROOT_CERT};
+pub use authority::{Authority, CA_CERT, CA_KEY, CERT_CHAIN, CaError, CaOptions, ROOT_CERT};

@@ -12,15 +12,10 @@
 //!
 //! [`tls`] holds the TLS listener of the secure port (15012) this service is served on.
 
-pub mod tls;
-
 use std::fmt::Debug;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
 use sailplane_proto::istio::ca::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
@@ -30,63 +25,9 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::token::TokenAuthority;
-use super::{Authority, CaError, Identity};
-
-/// An authenticated caller: the Kubernetes namespace and service account its credentials prove. The
-/// trust domain is the CA's own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// Namespace.
-    pub namespace: String,
-    /// Service account.
-    pub service_account: String,
-}
-
-/// What a caller presented.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Credentials<'a> {
-    /// The token of an `authorization: Bearer <token>` header.
-    pub bearer_token: Option<&'a str>,
-    /// The TLS client certificate chain (leaf first), when the caller presented one.
-    pub peer_certificates: Option<&'a [CertificateDer<'static>]>,
-}
-
-/// Why an authenticator refused credentials. The message goes back to the caller.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AuthError {
-    /// The credentials this authenticator understands are present but not acceptable (bad signature,
-    /// expired, wrong audience, unknown service account, ...).
-    #[error("{authenticator}: {reason}")]
-    Rejected {
-        /// Which authenticator.
-        authenticator: &'static str,
-        /// Why.
-        reason: String,
-    },
-    /// The authenticator could not decide (for example the Kubernetes API did not answer).
-    #[error("{authenticator} unavailable: {reason}")]
-    Unavailable {
-        /// Which authenticator.
-        authenticator: &'static str,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// The future an [`Authenticator`] returns. Boxed so authenticators can be trait objects; a
-/// TokenReview authenticator needs to await the Kubernetes API.
-pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Option<Caller>, AuthError>> + Send + 'a>>;
-
-/// Turns credentials into a [`Caller`].
-///
-/// `Ok(None)` means "not mine" (for example no bearer token for a token authenticator), so the next
-/// authenticator is tried; `Err` means the credentials were examined and refused.
-pub trait Authenticator: Send + Sync + Debug + 'static {
-    /// Short name for logs and error messages (`token`, `kubernetes`).
-    fn name(&self) -> &'static str;
-    /// Authenticates `credentials`.
-    fn authenticate<'a>(&'a self, credentials: Credentials<'a>) -> AuthFuture<'a>;
-}
+use super::{Authority, CaError};
+use crate::identity::{AuthError, AuthFuture, Authenticator, Caller, Credentials, Identity};
+use crate::tls;
 
 /// File mode: bearer tokens signed by the control plane's own token key.
 #[derive(Debug, Clone)]

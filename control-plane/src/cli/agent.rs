@@ -20,9 +20,9 @@ use crate::agent::envoy::{self, AgentBootstrap, EnvoyCommand, XdsTls};
 use crate::agent::keys::KeyType;
 use crate::agent::secrets::{FILE_ROOT_PREFIX, ROOT_SECRET, SecretCache};
 use crate::agent::{Agent, CertManager, CertOptions, DEFAULT_GRACE_JITTER, DEFAULT_GRACE_RATIO};
-use crate::ca::Identity;
-use crate::cli::bootstrap::BootstrapArgs;
+use crate::bootstrap::BootstrapArgs;
 use crate::cli::discovery::parse_duration;
+use crate::identity::Identity;
 
 /// Where the bootstrap goes by default (next to the SDS socket, as pilot-agent's envoy-rev file).
 pub const DEFAULT_BOOTSTRAP: &str = "./etc/istio/proxy/envoy-rev.yaml";

@@ -12,14 +12,16 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::admin::{self, AdminState};
-use crate::ca::server::{Authenticator, CaService, TokenAuthenticator, tls};
+use crate::ca::server::{CaService, TokenAuthenticator};
 use crate::ca::token::TokenAuthority;
 use crate::ca::{Authority, CaOptions};
+use crate::identity::Authenticator;
 use crate::metrics::Metrics;
 use crate::push::{Debounce, Pusher};
 use crate::sources::files::{self, FileSource};
 use crate::sources::kube::{self as kube_source, KubeArgs, KubeSource, KubeSourceOptions};
 use crate::store::Store;
+use crate::tls;
 use crate::webhook::inject::InjectorConfig;
 use crate::webhook::{WebhookArgs, WebhookServer, WebhookState};
 use crate::xds::sds::KubernetesAccess;
@@ -179,7 +181,7 @@ async fn load_ca_from_cluster(
 ) -> anyhow::Result<LoadedCa> {
     let options = ca_options(args, trust_domain)?;
     let (authority, origin) =
-        kube_source::ca_secret::load_authority(client, &args.kube.istio_namespace, &options, leading).await?;
+        crate::kubernetes::ca_secret::load_authority(client, &args.kube.istio_namespace, &options, leading).await?;
     info!(?origin, "CA loaded from the cluster");
     Ok(LoadedCa { authority: Arc::new(authority), authenticators: token_authenticators(args)? })
 }
@@ -214,11 +216,11 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     // In Kubernetes the Lease comes first: only its holder creates the CA root (and writes ConfigMaps);
     // every replica serves.
     let leading = kube_client.as_ref().map(|client| {
-        let identity = args.kube.pod_name.clone().unwrap_or_else(kube_source::leader::default_identity);
-        let election = kube_source::leader::LeaderElection::new(
+        let identity = args.kube.pod_name.clone().unwrap_or_else(crate::kubernetes::leader::default_identity);
+        let election = crate::kubernetes::leader::LeaderElection::new(
             client.clone(),
             &args.kube.istio_namespace,
-            kube_source::leader::DEFAULT_LEASE,
+            crate::kubernetes::leader::DEFAULT_LEASE,
             &identity,
         );
         election.spawn().0
@@ -231,7 +233,7 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     };
     if let Some(client) = &kube_client {
         // Pods authenticate with their projected service-account token (audience istio-ca).
-        authenticators.push(Arc::new(kube_source::review::TokenReviewAuthenticator::new(client.clone())));
+        authenticators.push(Arc::new(crate::kubernetes::review::TokenReviewAuthenticator::new(client.clone())));
     }
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
@@ -267,9 +269,9 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     // namespace's Secrets: the same namespace in file mode; in Kubernetes also a
     // SubjectAccessReview (`list secrets`), as istiod asks.
     let authorizer: Arc<dyn SecretAuthorizer> = match &kube_client {
-        Some(client) => {
-            Arc::new(KubernetesAccess::new(Arc::new(kube_source::review::SubjectAccessReviewer::new(client.clone()))))
-        }
+        Some(client) => Arc::new(KubernetesAccess::new(Arc::new(
+            crate::kubernetes::review::SubjectAccessReviewer::new(client.clone()),
+        ))),
         None => Arc::new(SameNamespace),
     };
     xds.serve_secrets(SdsConfig { secrets: pusher.secrets(), authorizer });
@@ -295,7 +297,7 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
         }
         // Root cert ConfigMaps are written by the Lease holder only.
         let leading = leading.clone().context("the Lease election runs in Kubernetes mode")?;
-        let publisher = kube_source::rootcert::RootCertPublisher::new(
+        let publisher = crate::kubernetes::rootcert::RootCertPublisher::new(
             client.clone(),
             Arc::clone(&store),
             authority.root_pem().to_string(),

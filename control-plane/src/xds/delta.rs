@@ -15,75 +15,17 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use sailplane_translator::resources::ResourceMap;
+use sailplane_translator::resources::{PerType, ResourceMap};
 use sailplane_translator::{Resource, ResourceSet, TypeUrl};
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::{debug, warn};
 
 use super::Snapshot;
-use super::sds::StreamSecrets;
-use super::server::{Connection, Out, Shared, first_request};
-use super::status::XdsApi;
+use super::XdsApi;
+use super::stream::{Context, Out, Protocol};
 use super::wire;
-use crate::ca::Identity;
-
-/// Runs one `DeltaAggregatedResources` stream to its end.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    identity: Option<Identity>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    out: Out,
-) -> Result<(), Status> {
-    let first = first_request(&mut requests, identity.as_ref(), |r: &DeltaDiscoveryRequest| r.node.as_ref()).await?;
-    let Some((first, proxy)) = first else {
-        return Ok(());
-    };
-    let (conn, mut snapshots) = Connection::open(&shared, proxy, identity, XdsApi::Delta);
-    let mut current = Arc::clone(&snapshots.borrow_and_update());
-    let closed = shared.closed();
-    tokio::pin!(closed);
-    let secrets = conn.secrets();
-    let mut stream = DeltaStream {
-        shared: &shared,
-        conn: &conn,
-        types: Default::default(),
-        unknown: HashSet::new(),
-        unknown_pending: Vec::new(),
-        secrets,
-    };
-    stream.on_request(first);
-    let secrets_changed = stream.refresh_secrets().await;
-    stream.respond(&current, secrets_changed, &out).await?;
-    loop {
-        let changed = tokio::select! {
-            request = requests.message() => match request {
-                Ok(Some(request)) => {
-                    stream.on_request(request);
-                    false
-                }
-                Ok(None) => return Ok(()),
-                Err(status) => {
-                    debug!(proxy = %conn.proxy.id, %status, "stream ended");
-                    return Ok(());
-                }
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    return Err(Status::unavailable("the control plane is shutting down"));
-                }
-                current = Arc::clone(&snapshots.borrow_and_update());
-                true
-            },
-            // Only the secrets may have changed: `refresh_secrets` below says whether they did.
-            () = stream.secrets.index_changed() => false,
-            () = out.closed() => return Ok(()),
-            () = &mut closed => return Err(Status::unavailable("the control plane is shutting down")),
-        };
-        let secrets_changed = stream.refresh_secrets().await;
-        stream.respond(&current, changed || secrets_changed, &out).await?;
-    }
-}
 
 /// Per-type state of one Delta stream.
 #[derive(Debug, Default)]
@@ -110,29 +52,39 @@ impl TypeState {
     }
 }
 
-struct DeltaStream<'a> {
-    shared: &'a Shared,
-    conn: &'a Connection,
-    types: [TypeState; 5],
+/// The Delta protocol of one stream.
+#[derive(Default)]
+pub(crate) struct Delta {
+    types: PerType<TypeState>,
     /// Types Sailplane does not serve, already seen.
     unknown: HashSet<String>,
     unknown_pending: Vec<String>,
-    /// The secrets this stream may receive (SDS is answered from these, not from the snapshot).
-    secrets: StreamSecrets,
 }
 
-impl DeltaStream<'_> {
-    /// Resolves the subscribed secret names; whether what the proxy may receive changed.
-    async fn refresh_secrets(&mut self) -> bool {
-        let ts = &self.types[TypeUrl::Secret.index()];
-        if !ts.subscribed {
-            return false;
-        }
-        let names = Arc::clone(&ts.names);
-        self.secrets.refresh(&names).await
+impl Protocol for Delta {
+    type Request = DeltaDiscoveryRequest;
+    const API: XdsApi = XdsApi::Delta;
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
 
-    fn on_request(&mut self, req: DeltaDiscoveryRequest) {
+    fn subscription(&self, t: TypeUrl) -> Option<Arc<BTreeSet<String>>> {
+        let ts = &self.types[t];
+        ts.subscribed.then(|| Arc::clone(&ts.names))
+    }
+
+    fn on_request(&mut self, cx: &Context<'_>, req: DeltaDiscoveryRequest) {
+        self.take_request(cx, req);
+    }
+
+    async fn respond(&mut self, cx: &Context<'_>, snap: &Snapshot, changed: bool, out: &Out) -> Result<(), Status> {
+        self.send_owed(cx, snap, changed, out).await
+    }
+}
+
+impl Delta {
+    fn take_request(&mut self, cx: &Context<'_>, req: DeltaDiscoveryRequest) {
         let Some(t) = TypeUrl::parse(&req.type_url) else {
             // Answer a type we do not serve once, empty, so the proxy does not wait on it.
             if self.unknown.insert(req.type_url.clone()) {
@@ -140,22 +92,22 @@ impl DeltaStream<'_> {
             }
             return;
         };
-        let proxy = &self.conn.proxy.id;
-        let ts = &mut self.types[t.index()];
+        let proxy = &cx.conn.proxy.id;
+        let ts = &mut self.types[t];
         let nonce = req.response_nonce.as_str();
         if !nonce.is_empty() && ts.last_nonce.is_some() {
             if ts.last_nonce.as_deref() != Some(nonce) {
                 debug!(proxy, type_url = t.short(), nonce, "stale nonce, ack/nack ignored");
             } else if let Some(error) = &req.error_detail {
                 warn!(proxy, type_url = t.short(), nonce, error = %error.message, "config rejected (NACK)");
-                self.conn.entry.rejected(t, nonce, &error.message);
-                self.shared.metrics.reject(t);
+                cx.conn.entry.rejected(t, nonce, &error.message);
+                cx.shared.metrics.reject(t);
                 ts.push_changed_at = None;
             } else {
                 debug!(proxy, type_url = t.short(), nonce, "ack");
-                self.conn.entry.acked(t, nonce, None);
+                cx.conn.entry.acked(t, nonce, None);
                 if let Some(at) = ts.push_changed_at.take() {
-                    self.shared.metrics.converged(at.elapsed());
+                    cx.shared.metrics.converged(at.elapsed());
                 }
             }
         }
@@ -179,10 +131,10 @@ impl DeltaStream<'_> {
             if !first {
                 ts.diff.insert(name.clone(), None);
             }
-            // A secret that is not served (absent, or refused) is not announced as removed: Envoy's
-            // SDS rejects an update without the resource, and should just keep waiting, as istiod
-            // makes it.
-            if t != TypeUrl::Secret {
+            // A per-stream resource that is not served (a secret absent, or refused) is not
+            // announced as removed: Envoy's SDS rejects an update without the resource, and should
+            // just keep waiting, as istiod makes it.
+            if !t.per_stream() {
                 ts.announce.insert(name.clone());
             }
             Arc::make_mut(&mut ts.names).insert(name);
@@ -207,14 +159,13 @@ impl DeltaStream<'_> {
         }
     }
 
-    async fn respond(&mut self, snap: &Snapshot, changed: bool, out: &Out) -> Result<(), Status> {
-        let shared = self.shared;
+    async fn send_owed(&mut self, cx: &Context<'_>, snap: &Snapshot, changed: bool, out: &Out) -> Result<(), Status> {
+        let shared = cx.shared;
         let cp = shared.cache.control_plane_delta();
         // Clusters just sent: Envoy warms each until endpoints arrive for it, so their endpoints
         // are sent again even when unchanged (as istiod's pushes do).
         let mut clusters_sent: Vec<String> = Vec::new();
-        for t in TypeUrl::ALL {
-            let ts = &mut self.types[t.index()];
+        for (t, ts) in self.types.iter_mut() {
             if t == TypeUrl::Endpoint && ts.subscribed {
                 for name in clusters_sent.drain(..) {
                     if ts.wants(&name) {
@@ -225,13 +176,7 @@ impl DeltaStream<'_> {
             if !ts.subscribed || !(ts.pending || changed) {
                 continue;
             }
-            // Secrets come from this stream's own set (see `xds/sds.rs`); the status registry gets
-            // the copy without private keys.
-            let (set, recorded) = if t == TypeUrl::Secret {
-                (&self.secrets.set, &self.secrets.redacted)
-            } else {
-                (&snap.resources, &snap.resources)
-            };
+            let (set, recorded) = cx.per_stream.sets(t, snap);
             let same_base = ts.base.as_ref().is_some_and(|b| Arc::ptr_eq(b, set));
             if !ts.pending && same_base && ts.diff.is_empty() {
                 continue;
@@ -249,10 +194,10 @@ impl DeltaStream<'_> {
             let message = wire::delta_message(&version, t.as_str(), &updated, &removed_refs, &nonce, cp);
             let size = message.len();
             out.send(message).await?;
-            self.conn.entry.sent(t, &version, &nonce, recorded, (!ts.wildcard).then_some(&ts.names), snap.push);
+            cx.conn.entry.sent(t, &version, &nonce, recorded, (!ts.wildcard).then_some(&ts.names), snap.push);
             shared.metrics.push(t, size);
             debug!(
-                proxy = %self.conn.proxy.id, type_url = t.short(), version = %version, nonce,
+                proxy = %cx.conn.proxy.id, type_url = t.short(), version = %version, nonce,
                 updated = updated.len(), removed = removed.len(), bytes = size, "delta response"
             );
             ts.push_changed_at = (!ts.pending).then_some(snap.changed_at);
@@ -265,7 +210,7 @@ impl DeltaStream<'_> {
         for type_url in self.unknown_pending.drain(..) {
             let nonce = shared.next_nonce();
             out.send(wire::delta_message("", &type_url, &[], &[], &nonce, cp)).await?;
-            debug!(proxy = %self.conn.proxy.id, type_url, nonce, "empty response for a type not served");
+            debug!(proxy = %cx.conn.proxy.id, type_url, nonce, "empty response for a type not served");
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sailplane_translator::TypeUrl;
+use sailplane_translator::resources::PerType;
 
 /// The `type` label (`cds`, `eds`, `lds`, `rds`, `sds`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -36,9 +37,9 @@ pub struct XdsMetrics {
     /// `pilot_proxy_convergence_time`: seconds from a config change to the proxy's ACK of it.
     pub convergence: Histogram,
     // Per-type handles, resolved once so the hot path does no label lookup.
-    push_by_type: [Counter; 5],
-    size_by_type: [Histogram; 5],
-    reject_by_type: [Counter; 5],
+    push_by_type: PerType<Counter>,
+    size_by_type: PerType<Histogram>,
+    reject_by_type: PerType<Counter>,
 }
 
 fn size_histogram() -> Histogram {
@@ -84,9 +85,9 @@ impl XdsMetrics {
         let config_size: HistogramFamily = Family::new_with_constructor(size_histogram);
         let rejects = Family::<TypeLabel, Counter>::default();
         let label = |t: TypeUrl| TypeLabel { r#type: t.short() };
-        let push_by_type = TypeUrl::ALL.map(|t| pushes.get_or_create_owned(&label(t)));
-        let size_by_type = TypeUrl::ALL.map(|t| config_size.get_or_create_owned(&label(t)));
-        let reject_by_type = TypeUrl::ALL.map(|t| rejects.get_or_create_owned(&label(t)));
+        let push_by_type = PerType::from_fn(|t| pushes.get_or_create_owned(&label(t)));
+        let size_by_type = PerType::from_fn(|t| config_size.get_or_create_owned(&label(t)));
+        let reject_by_type = PerType::from_fn(|t| rejects.get_or_create_owned(&label(t)));
         XdsMetrics {
             connected: Gauge::default(),
             pushes,
@@ -110,12 +111,12 @@ impl XdsMetrics {
     }
 
     pub(crate) fn push(&self, t: TypeUrl, bytes: usize) {
-        self.push_by_type[t.index()].inc();
-        self.size_by_type[t.index()].observe(bytes as f64);
+        self.push_by_type[t].inc();
+        self.size_by_type[t].observe(bytes as f64);
     }
 
     pub(crate) fn reject(&self, t: TypeUrl) {
-        self.reject_by_type[t.index()].inc();
+        self.reject_by_type[t].inc();
     }
 
     pub(crate) fn converged(&self, elapsed: Duration) {
@@ -124,12 +125,12 @@ impl XdsMetrics {
 
     /// Responses of type `t` sent so far.
     pub fn pushes_of(&self, t: TypeUrl) -> u64 {
-        self.push_by_type[t.index()].get()
+        self.push_by_type[t].get()
     }
 
     /// NACKs of type `t` received so far.
     pub fn rejects_of(&self, t: TypeUrl) -> u64 {
-        self.reject_by_type[t.index()].get()
+        self.reject_by_type[t].get()
     }
 }
 

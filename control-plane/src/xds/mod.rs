@@ -19,12 +19,13 @@ pub mod sds;
 mod server;
 mod sotw;
 pub mod status;
+mod stream;
 mod wire;
 
 pub use metrics::XdsMetrics;
 pub use sds::{SameNamespace, SdsConfig, SecretAuthorizer, SecretIndex};
 pub use server::{AdsService, XdsError, XdsServer, listen};
-pub use status::{SentResources, StatusRegistry, SyncState, TypeStatus, XdsApi};
+pub use status::{SentResources, StatusRegistry, SyncState, TypeStatus};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +34,35 @@ use sailplane_translator::ResourceSet;
 use tokio::sync::watch;
 
 use crate::proxy::ProxyInfo;
+
+/// Which ADS flavour a stream speaks (and a bootstrap asks for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdsApi {
+    /// `StreamAggregatedResources` (state of the world, `api_type: GRPC`): every response carries
+    /// the full set of a type.
+    Sotw,
+    /// `DeltaAggregatedResources` (incremental, `api_type: DELTA_GRPC`): responses carry only
+    /// changed and removed resources.
+    Delta,
+}
+
+impl XdsApi {
+    /// `sotw` or `delta`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            XdsApi::Sotw => "sotw",
+            XdsApi::Delta => "delta",
+        }
+    }
+
+    /// The bootstrap's `ads_config.api_type`.
+    pub const fn api_type(self) -> &'static str {
+        match self {
+            XdsApi::Sotw => "GRPC",
+            XdsApi::Delta => "DELTA_GRPC",
+        }
+    }
+}
 
 /// One translated configuration for one proxy profile.
 #[derive(Debug, Clone)]

@@ -37,9 +37,17 @@ use sailplane_translator::{ResourceSet, TypeUrl};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::ca::Identity;
-use crate::ca::server::Caller;
-use crate::sources::kube::review::SecretAccess;
+use crate::identity::Identity;
+use crate::identity::{AuthError, Caller};
+
+/// The future of [`SecretAccess::may_read_secrets`].
+pub type AccessFuture<'a> = Pin<Box<dyn Future<Output = Result<bool, AuthError>> + Send + 'a>>;
+
+/// Whether a caller may be sent the Secrets of a namespace.
+pub trait SecretAccess: Send + Sync + std::fmt::Debug + 'static {
+    /// `Ok(true)` when `caller` may read Secrets in `namespace`.
+    fn may_read_secrets<'a>(&'a self, caller: &'a Caller, namespace: &'a str) -> AccessFuture<'a>;
+}
 
 /// The names the translator gives `credentialName` secrets (`kubernetes://`, `-cacert`): one source
 /// for the names Envoy will ask for.
@@ -252,7 +260,7 @@ pub struct KubernetesAccess {
 }
 
 impl KubernetesAccess {
-    /// Asks `access` (normally a [`crate::sources::kube::review::SubjectAccessReviewer`]).
+    /// Asks `access` (normally a [`crate::kubernetes::review::SubjectAccessReviewer`]).
     pub fn new(access: Arc<dyn SecretAccess>) -> Self {
         KubernetesAccess { access }
     }
@@ -552,11 +560,7 @@ mod tests {
     struct Reviews(Vec<(&'static str, &'static str)>, std::sync::atomic::AtomicUsize);
 
     impl SecretAccess for Reviews {
-        fn may_read_secrets<'a>(
-            &'a self,
-            caller: &'a Caller,
-            namespace: &'a str,
-        ) -> crate::sources::kube::review::AccessFuture<'a> {
+        fn may_read_secrets<'a>(&'a self, caller: &'a Caller, namespace: &'a str) -> AccessFuture<'a> {
             self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let ok = self.0.iter().any(|(sa, ns)| *sa == caller.service_account && *ns == namespace);
             Box::pin(std::future::ready(Ok(ok)))

@@ -9,8 +9,7 @@
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use http_body::Frame;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
@@ -29,18 +28,20 @@ use tonic::codec::{Codec, Streaming};
 use tonic::codegen::http;
 use tonic::server::NamedService;
 use tonic_prost::ProstCodec;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
+use super::SnapshotSource;
+use super::XdsApi;
 use super::cache::BodyCache;
+use super::delta::Delta;
 use super::io::CoalescingIo;
 use super::metrics::XdsMetrics;
 use super::sds::SdsConfig;
-use super::status::{ProxyEntry, StatusRegistry, XdsApi};
-use super::wire::Framed;
-use super::{Snapshot, SnapshotSource, delta, sotw};
-use crate::ca::Identity;
-use crate::ca::server::tls::TlsConnectInfo;
-use crate::proxy::ProxyInfo;
+use super::sotw::Sotw;
+use super::status::StatusRegistry;
+use super::stream::{self, Out, Shared};
+use crate::identity::Identity;
+use crate::tls::TlsConnectInfo;
 
 /// gRPC path of the state-of-the-world method.
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
@@ -64,38 +65,6 @@ pub enum XdsError {
     /// The gRPC transport failed (bind, accept, HTTP/2).
     #[error("xds server: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// State shared by every stream of one server.
-pub(crate) struct Shared {
-    pub(crate) source: Arc<dyn SnapshotSource>,
-    pub(crate) status: Arc<StatusRegistry>,
-    pub(crate) metrics: Arc<XdsMetrics>,
-    pub(crate) cache: BodyCache,
-    /// SDS over ADS, when enabled ([`XdsServer::serve_secrets`]).
-    pub(crate) sds: OnceLock<SdsConfig>,
-    nonce_prefix: u32,
-    nonce: AtomicU64,
-    /// Set when the server shuts down: every stream then ends with UNAVAILABLE, so the proxies
-    /// reconnect elsewhere and the HTTP/2 connections can drain.
-    closing: watch::Sender<bool>,
-}
-
-impl Shared {
-    /// Completes when the server shuts down.
-    pub(crate) fn closed(&self) -> impl Future<Output = ()> + use<> {
-        let mut closing = self.closing.subscribe();
-        async move {
-            // An error means the server is gone: closed as well.
-            let _ = closing.wait_for(|closed| *closed).await;
-        }
-    }
-
-    /// A nonce unique on this server (and, by its random prefix, across restarts).
-    pub(crate) fn next_nonce(&self) -> String {
-        let n = self.nonce.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}-{n}", self.nonce_prefix)
-    }
 }
 
 /// The ADS server. Cheap to clone; clones share state.
@@ -124,18 +93,7 @@ impl XdsServer {
         status: Arc<StatusRegistry>,
         metrics: Arc<XdsMetrics>,
     ) -> XdsServer {
-        XdsServer {
-            shared: Arc::new(Shared {
-                source,
-                status,
-                metrics,
-                cache: BodyCache::new(CONTROL_PLANE_ID),
-                sds: OnceLock::new(),
-                nonce_prefix: rand::random(),
-                nonce: AtomicU64::new(1),
-                closing: watch::Sender::new(false),
-            }),
-        }
+        XdsServer { shared: Arc::new(Shared::new(source, status, metrics, BodyCache::new(CONTROL_PLANE_ID))) }
     }
 
     /// Serves `kubernetes://` secrets over ADS from `config` (see `xds/sds.rs`), to proxies whose
@@ -155,7 +113,7 @@ impl XdsServer {
     /// Ends every stream (with UNAVAILABLE) now and any opened later: for shutting down when the
     /// service is mounted on a server of one's own.
     pub fn close(&self) {
-        self.shared.closing.send_replace(true);
+        self.shared.close();
     }
 
     /// The status registry this server records into (for `/debug/syncz` and `/debug/config_dump`).
@@ -268,19 +226,19 @@ where
             }
         };
         let (tx, rx) = mpsc::channel(BODY_QUEUE);
-        let out = Out { tx };
+        let out = Out::new(tx);
         let shared = Arc::clone(&self.shared);
         let body = req.into_body();
         match api {
             XdsApi::Sotw => {
                 let decoder = ProstCodec::<DiscoveryResponse, DiscoveryRequest>::default().decoder();
                 let requests = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES));
-                tokio::spawn(finish(sotw::run(shared, identity, requests, out.clone()), out));
+                tokio::spawn(finish(stream::run::<Sotw>(shared, identity, requests, out.clone()), out));
             }
             XdsApi::Delta => {
                 let decoder = ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default().decoder();
                 let requests = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES));
-                tokio::spawn(finish(delta::run(shared, identity, requests, out.clone()), out));
+                tokio::spawn(finish(stream::run::<Delta>(shared, identity, requests, out.clone()), out));
             }
         }
         let mut response = http::Response::new(tonic::body::Body::new(AdsBody { rx }));
@@ -317,39 +275,7 @@ async fn finish(stream: impl Future<Output = Result<(), Status>>, out: Out) {
         Ok(()) => Status::ok(""),
         Err(status) => status,
     };
-    let mut trailers = http::HeaderMap::new();
-    if status.add_header(&mut trailers).is_err() {
-        trailers.insert(Status::GRPC_STATUS, http::HeaderValue::from_static("13"));
-    }
-    // The client may be gone already; then there is no one to tell.
-    let _ = out.tx.send(Frame::trailers(trailers)).await;
-}
-
-/// The sending half of a stream's response body.
-#[derive(Clone)]
-pub(crate) struct Out {
-    tx: mpsc::Sender<Frame<Bytes>>,
-}
-
-impl Out {
-    /// Queues one framed state-of-the-world response.
-    pub(crate) async fn send_framed(&self, framed: Framed) -> Result<(), Status> {
-        self.send(framed.head).await?;
-        match framed.body {
-            Some(body) => self.send(body).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Queues bytes already carrying their gRPC prefix.
-    pub(crate) async fn send(&self, bytes: Bytes) -> Result<(), Status> {
-        self.tx.send(Frame::data(bytes)).await.map_err(|_| Status::cancelled("client went away"))
-    }
-
-    /// Completes when the client has gone (the body was dropped).
-    pub(crate) async fn closed(&self) {
-        self.tx.closed().await;
-    }
+    out.finish(status).await;
 }
 
 /// The response body: whatever the stream task queues, then trailers.
@@ -364,81 +290,4 @@ impl http_body::Body for AdsBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.rx.poll_recv(cx).map(|frame| frame.map(Ok))
     }
-}
-
-/// One proxy's stream: registered in the status registry and connected to the snapshot source for its
-/// lifetime. Dropping it (the stream ended, however) undoes both.
-pub(crate) struct Connection {
-    shared: Arc<Shared>,
-    pub(crate) proxy: ProxyInfo,
-    /// The identity of the proxy's certificate (`None` on the plaintext port).
-    pub(crate) identity: Option<Identity>,
-    pub(crate) entry: Arc<ProxyEntry>,
-}
-
-impl Connection {
-    /// Registers `proxy` and returns its snapshot channel.
-    pub(crate) fn open(
-        shared: &Arc<Shared>,
-        proxy: ProxyInfo,
-        identity: Option<Identity>,
-        api: XdsApi,
-    ) -> (Connection, watch::Receiver<Arc<Snapshot>>) {
-        let spiffe = identity.as_ref().map(Identity::spiffe_uri);
-        let entry = shared.status.register(&proxy, spiffe.clone(), api);
-        shared.metrics.connect();
-        let snapshots = shared.source.connect(&proxy);
-        info!(proxy = %proxy.id, api = api.as_str(), identity = spiffe.as_deref().unwrap_or("none"), "proxy connected");
-        (Connection { shared: Arc::clone(shared), proxy, identity, entry }, snapshots)
-    }
-
-    /// This stream's view of the secrets (empty unless SDS is enabled and the proxy is verified).
-    pub(crate) fn secrets(&self) -> super::sds::StreamSecrets {
-        super::sds::StreamSecrets::new(&self.proxy.id, self.identity.clone(), self.shared.sds.get().cloned())
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.shared.source.disconnect(&self.proxy);
-        self.shared.status.unregister(&self.entry);
-        self.shared.metrics.disconnect();
-        info!(proxy = %self.proxy.id, api = self.entry.api().as_str(), "proxy disconnected");
-    }
-}
-
-/// Reads the first request of a stream and identifies the proxy from its node. `Ok(None)`: the client
-/// left before saying anything.
-///
-/// A verified proxy must not claim another namespace than its certificate's (istiod's identity
-/// check): the namespace decides its configuration and which `kubernetes://NAME` secrets it means.
-pub(crate) async fn first_request<T, N>(
-    requests: &mut Streaming<T>,
-    identity: Option<&Identity>,
-    node: N,
-) -> Result<Option<(T, ProxyInfo)>, Status>
-where
-    N: FnOnce(&T) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>,
-{
-    let first = match requests.message().await {
-        Ok(Some(first)) => first,
-        Ok(None) => return Ok(None),
-        Err(status) => {
-            debug!(%status, "stream failed before its first request");
-            return Ok(None);
-        }
-    };
-    let proxy = ProxyInfo::from_node(node(&first)).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    if let Some(identity) = identity
-        && identity.namespace != proxy.profile.namespace
-    {
-        warn!(proxy = %proxy.id, identity = %identity.spiffe_uri(), namespace = %proxy.profile.namespace, "xds stream refused: namespace does not match the certificate");
-        return Err(Status::permission_denied(format!(
-            "proxy {} claims namespace {:?}, but its certificate is for {}",
-            proxy.id,
-            proxy.profile.namespace,
-            identity.spiffe_uri()
-        )));
-    }
-    Ok(Some((first, proxy)))
 }

@@ -11,73 +11,22 @@
 //!   versions of the selected resources), in the order CDS, EDS, LDS, RDS, SDS;
 //! - every CDS response is followed by EDS: a changed cluster warms until endpoints arrive for it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use sailplane_translator::TypeUrl;
-use tonic::{Status, Streaming};
+use sailplane_translator::resources::PerType;
+use tonic::Status;
 use tracing::{debug, warn};
 
 use super::Snapshot;
+use super::XdsApi;
 use super::cache::Subscription;
-use super::sds::StreamSecrets;
-use super::server::{Connection, Out, Shared, first_request};
-use super::status::XdsApi;
+use super::stream::{Context, Out, Protocol};
 use super::wire;
-use crate::ca::Identity;
-
-/// Runs one `StreamAggregatedResources` stream to its end.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    identity: Option<Identity>,
-    mut requests: Streaming<DiscoveryRequest>,
-    out: Out,
-) -> Result<(), Status> {
-    let first = first_request(&mut requests, identity.as_ref(), |r: &DiscoveryRequest| r.node.as_ref()).await?;
-    let Some((first, proxy)) = first else {
-        return Ok(());
-    };
-    let (conn, mut snapshots) = Connection::open(&shared, proxy, identity, XdsApi::Sotw);
-    let mut current = Arc::clone(&snapshots.borrow_and_update());
-    let closed = shared.closed();
-    tokio::pin!(closed);
-    let secrets = conn.secrets();
-    let mut stream =
-        SotwStream { shared: &shared, conn: &conn, types: Default::default(), unknown: HashMap::new(), secrets };
-    stream.on_request(first);
-    let secrets_changed = stream.refresh_secrets().await;
-    stream.respond(&current, secrets_changed, &out).await?;
-    loop {
-        let changed = tokio::select! {
-            request = requests.message() => match request {
-                Ok(Some(request)) => {
-                    stream.on_request(request);
-                    false
-                }
-                Ok(None) => return Ok(()),
-                Err(status) => {
-                    debug!(proxy = %conn.proxy.id, %status, "stream ended");
-                    return Ok(());
-                }
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    return Err(Status::unavailable("the control plane is shutting down"));
-                }
-                current = Arc::clone(&snapshots.borrow_and_update());
-                true
-            },
-            // Only the secrets may have changed: `refresh_secrets` below says whether they did.
-            () = stream.secrets.index_changed() => false,
-            () = out.closed() => return Ok(()),
-            () = &mut closed => return Err(Status::unavailable("the control plane is shutting down")),
-        };
-        let secrets_changed = stream.refresh_secrets().await;
-        stream.respond(&current, changed || secrets_changed, &out).await?;
-    }
-}
 
 /// Per-type state of one stream.
 #[derive(Debug, Default)]
@@ -95,14 +44,12 @@ struct TypeState {
     push_changed_at: Option<Instant>,
 }
 
-struct SotwStream<'a> {
-    shared: &'a Shared,
-    conn: &'a Connection,
-    types: [TypeState; 5],
+/// The state-of-the-world protocol of one stream.
+#[derive(Default)]
+pub(crate) struct Sotw {
+    types: PerType<TypeState>,
     /// Types Sailplane does not serve, by URL: whether a response is owed.
     unknown: HashMap<String, UnknownType>,
-    /// The secrets this stream may receive (SDS is answered from these, not from the snapshot).
-    secrets: StreamSecrets,
 }
 
 #[derive(Debug, Default)]
@@ -111,18 +58,30 @@ struct UnknownType {
     answered: bool,
 }
 
-impl SotwStream<'_> {
-    /// Resolves the subscribed secret names; whether what the proxy may receive changed.
-    async fn refresh_secrets(&mut self) -> bool {
-        let ts = &self.types[TypeUrl::Secret.index()];
-        if !ts.subscribed {
-            return false;
-        }
-        let names = Arc::clone(&ts.sub.names);
-        self.secrets.refresh(&names).await
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+    const API: XdsApi = XdsApi::Sotw;
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
 
-    fn on_request(&mut self, req: DiscoveryRequest) {
+    fn subscription(&self, t: TypeUrl) -> Option<Arc<BTreeSet<String>>> {
+        let ts = &self.types[t];
+        ts.subscribed.then(|| Arc::clone(&ts.sub.names))
+    }
+
+    fn on_request(&mut self, cx: &Context<'_>, req: DiscoveryRequest) {
+        self.take_request(cx, req);
+    }
+
+    async fn respond(&mut self, cx: &Context<'_>, snap: &Snapshot, changed: bool, out: &Out) -> Result<(), Status> {
+        self.send_owed(cx, snap, changed, out).await
+    }
+}
+
+impl Sotw {
+    fn take_request(&mut self, cx: &Context<'_>, req: DiscoveryRequest) {
         let Some(t) = TypeUrl::parse(&req.type_url) else {
             let u = self.unknown.entry(req.type_url.clone()).or_default();
             // Answer a type we do not serve once with an empty set, so the proxy does not wait on it.
@@ -131,8 +90,8 @@ impl SotwStream<'_> {
             }
             return;
         };
-        let proxy = &self.conn.proxy.id;
-        let ts = &mut self.types[t.index()];
+        let proxy = &cx.conn.proxy.id;
+        let ts = &mut self.types[t];
         let nonce = req.response_nonce.as_str();
         match ts.last_nonce.as_deref() {
             // First request of the type on this stream (a reconnecting proxy may carry an old nonce).
@@ -146,15 +105,15 @@ impl SotwStream<'_> {
             Some(_) => {
                 if let Some(error) = &req.error_detail {
                     warn!(proxy, type_url = t.short(), nonce, error = %error.message, "config rejected (NACK)");
-                    self.conn.entry.rejected(t, nonce, &error.message);
-                    self.shared.metrics.reject(t);
+                    cx.conn.entry.rejected(t, nonce, &error.message);
+                    cx.shared.metrics.reject(t);
                     ts.push_changed_at = None;
                     return;
                 }
                 debug!(proxy, type_url = t.short(), nonce, version = %req.version_info, "ack");
-                self.conn.entry.acked(t, nonce, Some(&req.version_info));
+                cx.conn.entry.acked(t, nonce, Some(&req.version_info));
                 if let Some(at) = ts.push_changed_at.take() {
-                    self.shared.metrics.converged(at.elapsed());
+                    cx.shared.metrics.converged(at.elapsed());
                 }
                 let sub = Subscription::from_sotw_names(t, &req.resource_names);
                 if sub != ts.sub {
@@ -171,11 +130,10 @@ impl SotwStream<'_> {
 
     /// Sends every response owed: requested types, and on a snapshot change every type whose content
     /// changed for this proxy.
-    async fn respond(&mut self, snap: &Snapshot, changed: bool, out: &Out) -> Result<(), Status> {
-        let shared = self.shared;
+    async fn send_owed(&mut self, cx: &Context<'_>, snap: &Snapshot, changed: bool, out: &Out) -> Result<(), Status> {
+        let shared = cx.shared;
         let mut clusters_sent = false;
-        for t in TypeUrl::ALL {
-            let ts = &mut self.types[t.index()];
+        for (t, ts) in self.types.iter_mut() {
             // Envoy warms a changed EDS cluster until endpoints arrive for it, and asks for them
             // with the names and nonce it already acknowledged: after CDS, EDS always follows
             // (as istiod's pushes do), even when the endpoints are unchanged.
@@ -185,13 +143,7 @@ impl SotwStream<'_> {
             if !ts.subscribed || !(ts.pending || changed) {
                 continue;
             }
-            // Secrets come from this stream's own set (see `xds/sds.rs`); the status registry gets
-            // the copy without private keys.
-            let (set, recorded) = if t == TypeUrl::Secret {
-                (&self.secrets.set, &self.secrets.redacted)
-            } else {
-                (&snap.resources, &snap.resources)
-            };
+            let (set, recorded) = cx.per_stream.sets(t, snap);
             let body = shared.cache.sotw(set, t, &ts.sub);
             if !ts.pending && ts.sent_fingerprint == Some(body.fingerprint) {
                 continue;
@@ -200,7 +152,7 @@ impl SotwStream<'_> {
             let framed = wire::sotw_frame(&body.bytes, &nonce);
             let size = framed.len();
             out.send_framed(framed).await?;
-            self.conn.entry.sent(
+            cx.conn.entry.sent(
                 t,
                 &body.version,
                 &nonce,
@@ -210,7 +162,7 @@ impl SotwStream<'_> {
             );
             shared.metrics.push(t, size);
             debug!(
-                proxy = %self.conn.proxy.id, type_url = t.short(), version = %body.version, nonce,
+                proxy = %cx.conn.proxy.id, type_url = t.short(), version = %body.version, nonce,
                 resources = body.count, bytes = size, "sotw response"
             );
             ts.push_changed_at = (!ts.pending).then_some(snap.changed_at);
@@ -226,7 +178,7 @@ impl SotwStream<'_> {
             let nonce = shared.next_nonce();
             let body = wire::sotw_body("", type_url, std::iter::empty(), shared.cache.control_plane());
             out.send_framed(wire::sotw_frame(&body, &nonce)).await?;
-            debug!(proxy = %self.conn.proxy.id, type_url, nonce, "empty response for a type not served");
+            debug!(proxy = %cx.conn.proxy.id, type_url, nonce, "empty response for a type not served");
             u.pending = false;
             u.answered = true;
         }

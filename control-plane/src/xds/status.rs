@@ -9,29 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+use sailplane_translator::resources::PerType;
 use sailplane_translator::{Resource, ResourceSet, TypeUrl};
 use serde_json::{Value, json};
 
+use super::XdsApi;
 use crate::proxy::ProxyInfo;
-
-/// Which ADS flavour a stream speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XdsApi {
-    /// `StreamAggregatedResources` (state of the world).
-    Sotw,
-    /// `DeltaAggregatedResources` (incremental).
-    Delta,
-}
-
-impl XdsApi {
-    /// `sotw` or `delta`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            XdsApi::Sotw => "sotw",
-            XdsApi::Delta => "delta",
-        }
-    }
-}
 
 /// Sync state of one type for one proxy, as `istioctl proxy-status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +110,7 @@ pub struct ProxyEntry {
 
 #[derive(Debug, Default)]
 struct ProxyState {
-    types: [TypeStatus; 5],
+    types: PerType<TypeStatus>,
     push: u64,
 }
 
@@ -149,7 +132,7 @@ impl ProxyEntry {
 
     /// Status of type `t`, copied.
     pub fn type_status(&self, t: TypeUrl) -> TypeStatus {
-        self.lock().types[t.index()].clone()
+        self.lock().types[t].clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, ProxyState> {
@@ -169,7 +152,7 @@ impl ProxyEntry {
     ) {
         let mut st = self.lock();
         st.push = st.push.max(push);
-        let ts = &mut st.types[t.index()];
+        let ts = &mut st.types[t];
         ts.sent_version = Some(version.to_string());
         ts.sent_nonce = Some(nonce.to_string());
         ts.responses += 1;
@@ -180,7 +163,7 @@ impl ProxyEntry {
     /// carry none, so the version sent with that nonce is used.
     pub(crate) fn acked(&self, t: TypeUrl, nonce: &str, version: Option<&str>) {
         let mut st = self.lock();
-        let ts = &mut st.types[t.index()];
+        let ts = &mut st.types[t];
         ts.acked_nonce = Some(nonce.to_string());
         ts.acked_version = match version {
             Some(v) => Some(v.to_string()),
@@ -196,7 +179,7 @@ impl ProxyEntry {
     /// Records a rejection of `nonce`.
     pub(crate) fn rejected(&self, t: TypeUrl, nonce: &str, error: &str) {
         let mut st = self.lock();
-        let ts = &mut st.types[t.index()];
+        let ts = &mut st.types[t];
         ts.error = Some(error.to_string());
         ts.error_nonce = Some(nonce.to_string());
     }
@@ -216,8 +199,7 @@ impl ProxyEntry {
         out.insert("connected_seconds".into(), json!(self.connected_instant.elapsed().as_secs()));
         out.insert("push".into(), json!(st.push));
         let mut details = serde_json::Map::new();
-        for t in TypeUrl::ALL {
-            let ts = &st.types[t.index()];
+        for (t, ts) in st.types.iter() {
             let state = ts.state();
             out.insert(t.short().into(), json!(state.as_str()));
             details.insert(
@@ -239,10 +221,9 @@ impl ProxyEntry {
 
     fn sent_resources(&self) -> Vec<SentResources> {
         let st = self.lock();
-        TypeUrl::ALL
-            .into_iter()
-            .filter_map(|t| {
-                let ts = &st.types[t.index()];
+        st.types
+            .iter()
+            .filter_map(|(t, ts)| {
                 let view = ts.sent.as_ref()?;
                 let map = view.set.of(t);
                 let resources = match &view.names {

@@ -18,9 +18,12 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sailplane::agent::ca_client::CaClient;
-use sailplane::ca::server::{Authenticator, CaService, TokenAuthenticator, tls};
+use sailplane::ca::server::{CaService, TokenAuthenticator};
 use sailplane::ca::token::TokenAuthority;
-use sailplane::ca::{Authority, CaOptions, Identity};
+use sailplane::ca::{Authority, CaOptions};
+use sailplane::identity::Authenticator;
+use sailplane::identity::Identity;
+use sailplane::tls;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

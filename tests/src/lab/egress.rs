@@ -44,7 +44,7 @@ impl Lab {
             &["token", "create", "--namespace", ns, "--service-account", sa, "--ca-dir", &ca_dir, "--output", &out],
         )?;
         let token = std::fs::read_to_string(&token_file)?.trim().to_string();
-        let identity = sailplane::ca::Identity {
+        let identity = sailplane::identity::Identity {
             trust_domain: "cluster.local".into(),
             namespace: ns.into(),
             service_account: sa.into(),

@@ -22,6 +22,61 @@ pub enum InterceptionMode {
     None,
 }
 
+impl NodeType {
+    /// The first field of Istio's node id: `sidecar` or `router`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NodeType::Sidecar => "sidecar",
+            NodeType::Router => "router",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for NodeType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NodeType, String> {
+        match s {
+            "sidecar" => Ok(NodeType::Sidecar),
+            "router" => Ok(NodeType::Router),
+            other => Err(format!("{other:?} is not a proxy type (sidecar or router)")),
+        }
+    }
+}
+
+impl InterceptionMode {
+    /// The node metadata value `INTERCEPTION_MODE`: `REDIRECT` or `NONE`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            InterceptionMode::Redirect => "REDIRECT",
+            InterceptionMode::None => "NONE",
+        }
+    }
+}
+
+impl std::fmt::Display for InterceptionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for InterceptionMode {
+    type Err = String;
+    /// Case-insensitive, as flags are typed by people; Istio's metadata value is upper case.
+    fn from_str(s: &str) -> Result<InterceptionMode, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "REDIRECT" => Ok(InterceptionMode::Redirect),
+            "NONE" => Ok(InterceptionMode::None),
+            _ => Err(format!("{s:?} is not an interception mode (REDIRECT or NONE)")),
+        }
+    }
+}
+
 /// The translation-relevant description of a proxy.
 ///
 /// Only what is here can influence the translator's output, so proxies with equal profiles share one

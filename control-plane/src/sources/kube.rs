@@ -18,15 +18,8 @@
 //! removed. So a re-list never empties the store in between (no push of a half world) and never
 //! keeps an object that disappeared while the watch was down.
 //!
-//! The other Kubernetes API clients live next to the source: [`review`] (TokenReview authentication
-//! for the CA, SubjectAccessReview before serving Secrets), [`leader`] (Lease leader election),
-//! [`ca_secret`] (the CA root in the `cacerts` or `istio-ca-secret` Secret, created by the leader) and
-//! [`rootcert`] (the `istio-ca-root-cert` ConfigMap in every namespace, written by the leader).
-
-pub mod ca_secret;
-pub mod leader;
-pub mod review;
-pub mod rootcert;
+//! The other Kubernetes API clients (TokenReview, SubjectAccessReview, the Lease, the CA root Secret
+//! and the root-cert ConfigMaps) are not sources; they live in [`crate::kube`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -8,8 +8,6 @@
 //!   the Secret's namespace).
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
@@ -17,7 +15,8 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use tracing::debug;
 
-use crate::ca::server::{AuthError, AuthFuture, Authenticator, Caller, Credentials};
+use crate::identity::{AuthError, AuthFuture, Authenticator, Caller, Credentials};
+use crate::xds::sds::{AccessFuture, SecretAccess};
 
 /// The audience of tokens meant for the CA (istiod's).
 pub const CA_AUDIENCE: &str = "istio-ca";
@@ -98,15 +97,6 @@ impl Authenticator for TokenReviewAuthenticator {
             }
         })
     }
-}
-
-/// The future of [`SecretAccess::may_read_secrets`].
-pub type AccessFuture<'a> = Pin<Box<dyn Future<Output = Result<bool, AuthError>> + Send + 'a>>;
-
-/// Whether a caller may be sent the Secrets of a namespace.
-pub trait SecretAccess: Send + Sync + fmt::Debug + 'static {
-    /// `Ok(true)` when `caller` may read Secrets in `namespace`.
-    fn may_read_secrets<'a>(&'a self, caller: &'a Caller, namespace: &'a str) -> AccessFuture<'a>;
 }
 
 /// [`SecretAccess`] by SubjectAccessReview.
