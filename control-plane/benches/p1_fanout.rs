@@ -1,4 +1,4 @@
-//! P1 of `shared/docs/performance.md`: state-of-the-world fan-out.
+//! P1 of `docs/performance.md`: state-of-the-world fan-out.
 //!
 //! K ADS clients (one HTTP/2 connection each, as K Envoys would have) subscribe to CDS on one server
 //! serving M EDS clusters (~456 KB per response); one snapshot change is applied and the time until
