@@ -43,7 +43,7 @@ use crate::sources::kube::review::SecretAccess;
 
 /// The names the translator gives `credentialName` secrets (`kubernetes://`, `-cacert`): one source
 /// for the names Envoy will ask for.
-pub use sailplane_translator::build::tls::{CACERT_SUFFIX, CREDENTIAL_PREFIX};
+pub use sailplane_translator::envoy::tls::{CACERT_SUFFIX, CREDENTIAL_PREFIX};
 
 /// How long one authorization decision (a SubjectAccessReview) may take before the secret is
 /// treated as refused for now (retried on the next change).

@@ -1,4 +1,4 @@
-//! Per-type builders: one proxy's listeners, routes, clusters and endpoints.
+//! Per-Envoy-resource-type builders: one proxy's listeners, routes, clusters and endpoints.
 //!
 //! [`build`] runs the builders in the order Envoy consumes their output (CDS, EDS, LDS, RDS). Each
 //! builder makes prost structs for one resource at a time and encodes it once into the

@@ -1090,7 +1090,7 @@ mod tests {
     use rstest::rstest;
 
     use super::*;
-    use crate::build::tests::{mk_service, mk_world, sidecar};
+    use crate::envoy::tests::{mk_service, mk_world, sidecar};
     use crate::model::World;
 
     fn listeners(services: Vec<Service>, interception: InterceptionMode) -> BTreeMap<String, Listener> {
