@@ -5,17 +5,20 @@
 //! [`ResourceSet`]; nothing keeps structs around.
 //!
 //! Sidecars: clusters (with DestinationRule policy and subsets, [`cluster`], [`policy`]),
-//! endpoints, per-port listeners (with VirtualService tcp/tls routes, [`listener`]) and route
-//! configurations (with VirtualService http routes, [`route`], [`http_route`]), scoped by the
-//! Sidecar resource ([`scope`]). Gateways (node type `router`): listeners and routes from the
-//! Gateways that select them ([`gateway`]). mTLS: [`tls::apply_upstream_tls`] (client TLS of
-//! clusters, auto-mTLS), [`listener::InboundTls`] (server TLS of inbound chains per
-//! PeerAuthentication mode, resolved in [`crate::model::mtls`]).
+//! endpoints, per-port listeners (with VirtualService tcp/tls routes, [`listener`]; their HTTP
+//! connection managers from [`hcm`]) and route configurations (with VirtualService http routes,
+//! [`route`], [`http_route`]), scoped by the Sidecar resource ([`scope`]). Each HTTP feature (its
+//! route settings and its connection-manager filter) has one file under [`http`]. Gateways (node
+//! type `router`): listeners and routes from the Gateways that select them ([`gateway`]). mTLS:
+//! [`tls::apply_upstream_tls`] (client TLS of clusters, auto-mTLS), [`listener::InboundTls`]
+//! (server TLS of inbound chains per PeerAuthentication mode, resolved in [`crate::model::mtls`]).
 
 pub mod bootstrap;
 pub mod cluster;
 pub mod endpoint;
 pub mod gateway;
+pub mod hcm;
+pub mod http;
 pub mod http_route;
 pub mod listener;
 pub mod policy;
@@ -293,6 +296,16 @@ pub(crate) fn any<M: Message + Name>(m: &M) -> Any {
 /// A whole-second duration.
 pub(crate) fn secs(s: i64) -> Option<Duration> {
     Some(Duration { seconds: s, nanos: 0 })
+}
+
+/// A validated duration string (`1.5s`, `100ms`) as a protobuf duration (`None` if it does not
+/// parse).
+pub fn proto_duration(s: &str) -> Option<Duration> {
+    let d = crate::api::istio::parse_duration(s).ok()?;
+    Some(Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    })
 }
 
 /// A millisecond duration.

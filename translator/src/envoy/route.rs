@@ -396,7 +396,7 @@ pub fn service_vhost_routes(ctx: &Ctx<'_>, svc: &Service, port: &ServicePort) ->
         &names::outbound_cluster(port.port, "", &svc.hostname),
         &names::trace_operation(&svc.hostname, port.port),
     );
-    if let Some(h) = http_route::service_hash(ctx, svc, port.port)
+    if let Some(h) = super::http::hash_policy::service_hash(ctx, svc, port.port)
         && let Some(Action::Route(a)) = r.action.as_mut()
     {
         a.hash_policy.push(h);
@@ -419,7 +419,7 @@ pub fn default_outbound_route(cluster: &str, operation: &str) -> Route {
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
             timeout: secs(0),
-            retry_policy: Some(http_route::default_retry_policy(false)),
+            retry_policy: Some(super::http::retry::default_retry_policy(false)),
             // istiod still uses the deprecated field: its replacement regressed gRPC timeouts.
             max_grpc_timeout: secs(0),
             ..Default::default()
