@@ -454,6 +454,57 @@ pub mod wire {
             meta: Option<Metadata>,
         }
 
+        /// Metadata with two filters of several fields each, from inputs built anew every time:
+        /// the encoded resource (bytes and version) never changes and decodes to the same maps.
+        #[test]
+        fn metadata_maps_encode_to_the_same_bytes_and_version() {
+            use std::collections::HashMap;
+
+            use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+            use envoy_types::pb::google::protobuf::{Struct as PbStruct, Value as PbValue};
+
+            use crate::resources::Resource;
+
+            /// Metadata of the cluster, tag 25.
+            const CLUSTER_METADATA: u32 = 25;
+            let fields: [(&str, &str); 4] = [("alpha", "1"), ("beta", "2"), ("delta", "4"), ("gamma", "3")];
+            let encode = || {
+                let values: Vec<(&str, Value)> = fields.iter().map(|(k, v)| (*k, Value::string(v))).collect();
+                let a = Struct::new(&values);
+                let b = Struct::new(&[("on", Value::bool(true)), ("tags", Value::list(&[Value::string("x")]))]);
+                let extra = metadata_field(CLUSTER_METADATA, &[("a.filter", &a), ("b.filter", &b)]);
+                Resource::encode_with_fields("c", &Cluster { name: "c".into(), ..Default::default() }, &extra)
+            };
+            // The same metadata as prost's maps, built anew each time.
+            let expected = || {
+                let string = |s: &str| PbValue { kind: Some(Kind::StringValue(s.into())) };
+                let a: HashMap<String, PbValue> = fields.iter().map(|(k, v)| (k.to_string(), string(v))).collect();
+                let list = envoy_types::pb::google::protobuf::ListValue { values: vec![string("x")] };
+                let b: HashMap<String, PbValue> = [
+                    ("on".to_string(), PbValue { kind: Some(Kind::BoolValue(true)) }),
+                    ("tags".to_string(), PbValue { kind: Some(Kind::ListValue(list)) }),
+                ]
+                .into_iter()
+                .collect();
+                let filter_metadata: HashMap<String, PbStruct> = [
+                    ("a.filter".to_string(), PbStruct { fields: a }),
+                    ("b.filter".to_string(), PbStruct { fields: b }),
+                ]
+                .into_iter()
+                .collect();
+                Metadata { filter_metadata, ..Default::default() }
+            };
+            let first = encode();
+            for _ in 0..50 {
+                let again = encode();
+                assert_eq!(again.any, first.any);
+                assert_eq!(again.version, first.version);
+                let any = envoy_types::pb::google::protobuf::Any::decode(again.any.clone()).unwrap();
+                let cluster = Cluster::decode(any.value.as_slice()).unwrap();
+                assert_eq!(cluster.metadata, Some(expected()));
+            }
+        }
+
         #[test]
         fn decodes_as_envoy_metadata() {
             let svc = Value::structure(&[("host", Value::string("a.b")), ("name", Value::string("a"))]);
