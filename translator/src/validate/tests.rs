@@ -45,6 +45,12 @@ const PA: &str =
     "spec.hosts[0]",
     "wildcard host * is not allowed"
 )]
+#[case::vs_relative_gateway_refused(
+    VS,
+    "  hosts: [a.com]\n  gateways: [./gw]\n  http: [{route: [{destination: {host: a.com}}]}]",
+    "spec.gateways[0]",
+    "invalid value for namespace: \".\""
+)]
 #[case::vs_no_routes(VS, "  hosts: [a.com]", "spec", "http, tcp or tls must be provided")]
 #[case::vs_route_and_redirect(
     VS,
@@ -641,6 +647,12 @@ kind: Gateway
 metadata: {name: ingress, namespace: istio-system}
 spec:
   servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: local, namespace: bookinfo}
+spec:
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
 "#;
 
 fn set_diagnostics(extra: &str) -> Vec<Diagnostic> {
@@ -665,6 +677,20 @@ fn set_diagnostics(extra: &str) -> Vec<Diagnostic> {
     "  hosts: [reviews]\n  gateways: [istio-system/ingress, mesh]\n  http: [{route: [{destination: {host: reviews}}]}]",
     None
 )]
+#[case::short_gateway_in_own_namespace(
+    "  hosts: [reviews]\n  gateways: [local]\n  http: [{route: [{destination: {host: reviews}}]}]",
+    None
+)]
+#[case::relative_gateway_in_own_namespace(
+    "  hosts: [reviews]\n  gateways: [./local]\n  http: [{route: [{destination: {host: reviews}}]}]",
+    None
+)]
+#[case::relative_gateway_resolved_against_own_namespace("  hosts: [reviews]\n  gateways: [./ingress]\n  http: [{route: [{destination: {host: reviews}}]}]", Some((Severity::Error, "spec.gateways[0]", "referenced gateway not found: \"bookinfo/ingress\"")))]
+#[case::legacy_gateway_name(
+    "  hosts: [reviews]\n  gateways: [ingress.istio-system.svc.cluster.local]\n  http: [{route: [{destination: {host: reviews}}]}]",
+    None
+)]
+#[case::match_gateway_relative("  hosts: [reviews]\n  gateways: [local]\n  http: [{match: [{gateways: [./nope]}], route: [{destination: {host: reviews}}]}]", Some((Severity::Error, "spec.http[0].match[0].gateways[0]", "referenced gateway not found: \"bookinfo/nope\"")))]
 #[case::unknown_delegate("  hosts: [reviews]\n  http: [{delegate: {name: missing}}]", Some((Severity::Error, "spec.http[0].delegate", "referenced virtual service not found")))]
 fn references_are_checked(#[case] body: &str, #[case] want: Option<(Severity, &str, &str)>) {
     let diags = set_diagnostics(&format!("{}{body}\n", VS.replace("namespace: ns", "namespace: bookinfo")));
