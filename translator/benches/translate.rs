@@ -19,7 +19,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sailplane_translator::api::{Object, parse_object};
-use sailplane_translator::build::{Ctx, cluster, endpoint, listener, route};
+use sailplane_translator::envoy::{Ctx, cluster, endpoint, listener, route};
 use sailplane_translator::model::{MeshConfig, build_world};
 use sailplane_translator::{ProxyProfile, ResourceSet, TypeUrl, build};
 use serde_json::json;

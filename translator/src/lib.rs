@@ -11,16 +11,21 @@
 //!
 //! Invalid user input never panics and never aborts translation: it becomes a
 //! [`diag::Diagnostic`] naming the object and field, and the object is skipped.
+//!
+//! Modules: [`api`] (input types), [`validate`] (the webhook's checks), [`model`] (the world,
+//! host and gateway-reference rules, the proxy profile), [`envoy`] (one builder per Envoy
+//! resource type, entered through [`build`]), [`names`] (Envoy resource names), [`resources`]
+//! (the encoded output).
 
 pub mod api;
-pub mod build;
 pub mod diag;
+pub mod envoy;
 pub mod model;
 pub mod names;
 pub mod resources;
 pub mod validate;
 
-pub use build::{build, static_bootstrap};
 pub use diag::Diagnostic;
+pub use envoy::{build, static_bootstrap};
 pub use model::{ProxyProfile, World};
 pub use resources::{Resource, ResourceSet, TypeUrl};

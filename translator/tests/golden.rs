@@ -8,6 +8,10 @@
 //! (`envoy --mode validate`), with its SDS secrets inlined as static secrets holding a test
 //! certificate so that Envoy builds (and checks) every TLS context; a missing Envoy fails the test.
 //!
+//! Determinism is checked, not promised: every case is translated a second time from the same
+//! world, and a third time from a world built with the input objects in another (fixed) order;
+//! every resource's encoded bytes and version must be the same in all three.
+//!
 //! Regenerate with `SAILPLANE_REGENERATE=1 cargo test -p sailplane-translator --test golden`.
 
 #![allow(clippy::unwrap_used)]
@@ -62,6 +66,8 @@ struct Case {
     profile: ProxyProfile,
     set: ResourceSet,
     diagnostics: Vec<Diagnostic>,
+    /// Differences between the first translation and the repeated and reordered ones.
+    nondeterminism: Vec<String>,
 }
 
 fn testdata() -> PathBuf {
@@ -118,7 +124,51 @@ fn load_case(path: &Path) -> Result<Case, String> {
     let (world, world_diags) = build_world(&objects, &mesh);
     diagnostics.extend(world_diags);
     let set = build(&world, &profile);
-    Ok(Case { name, profile, set, diagnostics })
+    let mut nondeterminism = differences(&name, "translated again", &set, &build(&world, &profile));
+    let (reordered_world, _) = build_world(reordered(&objects), &mesh);
+    nondeterminism.extend(differences(&name, "objects reordered", &set, &build(&reordered_world, &profile)));
+    Ok(Case { name, profile, set, diagnostics, nondeterminism })
+}
+
+/// The objects in a fixed different order: reversed, then rotated by a third (so that neither the
+/// first nor the last object keeps its place when there are three or more).
+fn reordered<T>(objects: &[T]) -> Vec<&T> {
+    let mut out: Vec<&T> = objects.iter().rev().collect();
+    if !out.is_empty() {
+        let by = out.len() / 3;
+        out.rotate_left(by);
+    }
+    out
+}
+
+/// Resources whose presence, encoded bytes (`Resource.any`) or version differ between two
+/// translations of one case.
+fn differences(case: &str, what: &str, first: &ResourceSet, again: &ResourceSet) -> Vec<String> {
+    let mut out = Vec::new();
+    for (file, t) in OUTPUTS {
+        let kind = file.trim_end_matches(".json");
+        let (a, b) = (first.of(t), again.of(t));
+        for name in a.keys().chain(b.keys().filter(|n| !a.contains_key(*n))) {
+            match (a.get(name), b.get(name)) {
+                (Some(x), Some(y)) if x.any == y.any && x.version == y.version => {}
+                (Some(x), Some(y)) => out.push(format!(
+                    "{case}: {what}: {kind} {name:?} differs (version {} vs {}, {} vs {} bytes)",
+                    x.version,
+                    y.version,
+                    x.any.len(),
+                    y.any.len()
+                )),
+                (x, _) => out.push(format!(
+                    "{case}: {what}: {kind} {name:?} only in the {} translation",
+                    if x.is_some() { "first" } else { "other" }
+                )),
+            }
+        }
+    }
+    if out.is_empty() && first != again {
+        out.push(format!("{case}: {what}: the resource sets differ"));
+    }
+    out
 }
 
 /// The expected files of a case, rendered.
@@ -300,6 +350,7 @@ fn golden() {
             }
         };
         let name = &case.name;
+        failures.extend(case.nondeterminism.iter().cloned());
         let has_errors = case.diagnostics.iter().any(|d| d.severity == sailplane_translator::diag::Severity::Error);
         if name.ends_with("-invalid") && !has_errors {
             failures.push(format!("{name}: an -invalid case must produce at least one error diagnostic"));

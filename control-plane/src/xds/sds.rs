@@ -51,7 +51,7 @@ pub trait SecretAccess: Send + Sync + std::fmt::Debug + 'static {
 
 /// The names the translator gives `credentialName` secrets (`kubernetes://`, `-cacert`): one source
 /// for the names Envoy will ask for.
-pub use sailplane_translator::build::tls::{CACERT_SUFFIX, CREDENTIAL_PREFIX};
+pub use sailplane_translator::envoy::tls::{CACERT_SUFFIX, CREDENTIAL_PREFIX};
 
 /// How long one authorization decision (a SubjectAccessReview) may take before the secret is
 /// treated as refused for now (retried on the next change).

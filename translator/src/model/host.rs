@@ -45,25 +45,67 @@ pub fn resolve_short_name(h: &str, namespace: &str) -> String {
     format!("{h}.{namespace}.svc.{CLUSTER_DOMAIN}")
 }
 
-/// Istio's `resolveGatewayName`: `mesh` stays; `ns/name` (with `./name` meaning the rule's
-/// namespace); legacy `name.ns[.svc...]`; a bare `name` lives in the rule's namespace.
+/// A gateway reference as a VirtualService writes it (`gateways`, `match[].gateways`), parsed the
+/// way istiod reads it (`resolveGatewayName` in `pilot/pkg/model/virtualservice.go`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayRef<'a> {
+    /// `mesh`: every sidecar, not a Gateway object.
+    Mesh,
+    /// `ns/name`. `./name` has namespace `.`, which istiod replaces by the VirtualService's
+    /// namespace (Istio's webhook refuses `.` as a namespace, see [`GatewayRef::is_relative`]).
+    Qualified {
+        /// Namespace part, as written.
+        namespace: &'a str,
+        /// Name part.
+        name: &'a str,
+    },
+    /// A bare `name`: a Gateway in the VirtualService's namespace.
+    Short(&'a str),
+    /// The legacy `name.ns[.svc.cluster.local]` form: the second label is the namespace.
+    Legacy {
+        /// First label.
+        name: &'a str,
+        /// Second label.
+        namespace: &'a str,
+    },
+}
+
+impl<'a> GatewayRef<'a> {
+    /// Parses a reference (never fails: every string is one of the forms).
+    pub fn parse(reference: &'a str) -> GatewayRef<'a> {
+        if reference == MESH_GATEWAY {
+            return GatewayRef::Mesh;
+        }
+        if let Some((namespace, name)) = reference.split_once('/') {
+            return GatewayRef::Qualified { namespace, name };
+        }
+        match reference.split_once('.') {
+            Some((name, rest)) => GatewayRef::Legacy { name, namespace: rest.split('.').next().unwrap_or(rest) },
+            None => GatewayRef::Short(reference),
+        }
+    }
+
+    /// Whether the reference is `./name`, relative to the VirtualService's namespace.
+    pub fn is_relative(&self) -> bool {
+        matches!(self, GatewayRef::Qualified { namespace: ".", .. })
+    }
+
+    /// The gateway as `ns/name` seen from a VirtualService in `namespace` (`mesh` stays `mesh`).
+    pub fn resolve(&self, namespace: &str) -> String {
+        match *self {
+            GatewayRef::Mesh => MESH_GATEWAY.to_string(),
+            GatewayRef::Qualified { namespace: ".", name } => format!("{namespace}/{name}"),
+            GatewayRef::Qualified { namespace: ns, name } => format!("{ns}/{name}"),
+            GatewayRef::Short(name) => format!("{namespace}/{name}"),
+            GatewayRef::Legacy { name, namespace: ns } => format!("{ns}/{name}"),
+        }
+    }
+}
+
+/// Istio's `resolveGatewayName`: `mesh` stays; `ns/name` as written, `./name` in the rule's
+/// namespace; legacy `name.ns[.svc...]` as `ns/name`; a bare `name` lives in the rule's namespace.
 pub fn resolve_gateway_name(gw: &str, namespace: &str) -> String {
-    if gw == MESH_GATEWAY {
-        return gw.to_string();
-    }
-    if let Some((ns, name)) = gw.split_once('/') {
-        if ns == "." {
-            return format!("{namespace}/{name}");
-        }
-        return gw.to_string();
-    }
-    match gw.split_once('.') {
-        Some((name, rest)) => {
-            let ns = rest.split('.').next().unwrap_or(rest);
-            format!("{ns}/{name}")
-        }
-        None => format!("{namespace}/{gw}"),
-    }
+    GatewayRef::parse(gw).resolve(namespace)
 }
 
 /// The reserved gateway name meaning "all sidecars".
@@ -102,6 +144,12 @@ mod tests {
     #[case("*.a.com", "*.com", true)]
     #[case("*.b.com", "*.a.com", false)]
     #[case("*.com", "com", false)]
+    #[case("*.b.a.com", "*.a.com", true)]
+    #[case("*", "*.a.com", true)]
+    #[case("*.a.com", "*.a.com", true)]
+    #[case("*.foo.com", "bar.foo.com", true)]
+    #[case("*.com", "*.foo.com", true)]
+    #[case("*", "anything.io", true)]
     fn host_matching(#[case] a: &str, #[case] b: &str, #[case] want: bool) {
         assert_eq!(matches(a, b), want);
         assert_eq!(matches(b, a), want);
@@ -113,6 +161,12 @@ mod tests {
     #[case("*.a.com", "*.com", true)]
     #[case("*.com", "*.a.com", false)]
     #[case("a.com", "*", true)]
+    #[case("*.a.com", "a.com", false)]
+    #[case("*", "*.a.com", false)]
+    #[case("a.com", "a.com", true)]
+    #[case("a.foo.com", "*.foo.com", true)]
+    #[case("*.a.foo.com", "*.foo.com", true)]
+    #[case("*.foo.com", "a.foo.com", false)]
     fn subsets(#[case] a: &str, #[case] b: &str, #[case] want: bool) {
         assert_eq!(subset_of(a, b), want);
     }
@@ -127,13 +181,28 @@ mod tests {
     }
 
     #[rstest]
-    #[case("mesh", "default", "mesh")]
-    #[case("gw", "default", "default/gw")]
-    #[case("./gw", "default", "default/gw")]
-    #[case("istio-system/gw", "default", "istio-system/gw")]
-    #[case("gw.istio-system.svc.cluster.local", "default", "istio-system/gw")]
+    #[case::mesh("mesh", "default", "mesh")]
+    #[case::short("gw", "default", "default/gw")]
+    #[case::relative("./gw", "default", "default/gw")]
+    #[case::relative_other_namespace("./gw", "prod", "prod/gw")]
+    #[case::qualified("istio-system/gw", "default", "istio-system/gw")]
+    #[case::qualified_same_namespace("default/gw", "default", "default/gw")]
+    #[case::legacy_fqdn("gw.istio-system.svc.cluster.local", "default", "istio-system/gw")]
+    #[case::legacy_name_ns("gw.istio-system", "default", "istio-system/gw")]
     fn gateway_names(#[case] g: &str, #[case] ns: &str, #[case] want: &str) {
         assert_eq!(resolve_gateway_name(g, ns), want);
+    }
+
+    #[rstest]
+    #[case("mesh", GatewayRef::Mesh, false)]
+    #[case("gw", GatewayRef::Short("gw"), false)]
+    #[case("./gw", GatewayRef::Qualified { namespace: ".", name: "gw" }, true)]
+    #[case("ns/gw", GatewayRef::Qualified { namespace: "ns", name: "gw" }, false)]
+    #[case("gw.ns.svc.cluster.local", GatewayRef::Legacy { name: "gw", namespace: "ns" }, false)]
+    #[case("/gw", GatewayRef::Qualified { namespace: "", name: "gw" }, false)]
+    fn gateway_reference_forms(#[case] g: &str, #[case] want: GatewayRef<'_>, #[case] relative: bool) {
+        assert_eq!(GatewayRef::parse(g), want);
+        assert_eq!(GatewayRef::parse(g).is_relative(), relative);
     }
 
     #[test]

@@ -489,32 +489,6 @@ pub(crate) fn validate_header_value(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether host pattern `a` matches host pattern `b` in either direction (wildcards allowed).
-pub(crate) fn hosts_match(a: &str, b: &str) -> bool {
-    match (a.strip_prefix('*'), b.strip_prefix('*')) {
-        (Some(sa), Some(sb)) => {
-            if sa.len() > sb.len() {
-                sa.ends_with(sb)
-            } else {
-                sb.ends_with(sa)
-            }
-        }
-        (Some(sa), None) => b.ends_with(sa),
-        (None, Some(sb)) => a.ends_with(sb),
-        (None, None) => a == b,
-    }
-}
-
-/// Whether every host matched by `a` is matched by `b`.
-pub(crate) fn host_subset_of(a: &str, b: &str) -> bool {
-    match (a.strip_prefix('*'), b.strip_prefix('*')) {
-        (Some(sa), Some(sb)) => sa.ends_with(sb),
-        (None, Some(sb)) => a.ends_with(sb),
-        (Some(_), None) => false,
-        (None, None) => a == b,
-    }
-}
-
 /// The cipher suites Envoy (BoringSSL) accepts by name.
 pub(crate) const VALID_CIPHER_SUITES: &[&str] = &[
     "ECDHE-ECDSA-AES128-GCM-SHA256",
@@ -573,25 +547,6 @@ mod tests {
     #[case("%START_TIME%%", false)]
     fn header_values(#[case] v: &str, #[case] ok: bool) {
         assert_eq!(validate_header_value(v).is_ok(), ok, "{v}");
-    }
-
-    #[rstest]
-    #[case("*.foo.com", "bar.foo.com", true)]
-    #[case("*.com", "*.foo.com", true)]
-    #[case("a.com", "b.com", false)]
-    #[case("*", "anything.io", true)]
-    fn host_matching(#[case] a: &str, #[case] b: &str, #[case] want: bool) {
-        assert_eq!(hosts_match(a, b), want);
-        assert_eq!(hosts_match(b, a), want);
-    }
-
-    #[rstest]
-    #[case("a.foo.com", "*.foo.com", true)]
-    #[case("*.a.foo.com", "*.foo.com", true)]
-    #[case("*.foo.com", "a.foo.com", false)]
-    #[case("x.com", "*", true)]
-    fn host_subsets(#[case] a: &str, #[case] b: &str, #[case] want: bool) {
-        assert_eq!(host_subset_of(a, b), want);
     }
 
     #[rstest]

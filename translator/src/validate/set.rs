@@ -1,5 +1,8 @@
 //! Cross-object checks (`istioctl analyze` style): references between VirtualServices, services,
 //! DestinationRules and Gateways, and VirtualServices competing for one host on sidecars.
+//!
+//! Host names and gateway references are resolved and matched by [`crate::model::host`], the
+//! rules translation uses, so a reference this check accepts is one translation follows.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -7,30 +10,10 @@ use crate::api::istio::{Destination, VirtualService};
 use crate::api::{DEFAULT_NAMESPACE, Object};
 use crate::diag::Diagnostic;
 use crate::model::CLUSTER_DOMAIN;
+use crate::model::host::{self, GatewayRef, resolve_short_name};
 
-use super::common::{Report, at, host_subset_of, hosts_match, idx};
-use super::virtual_service::{MESH_GATEWAY, is_gateway_only};
-
-/// Resolves a short host (`reviews`) against `namespace`, as Istio does for routing rules; names
-/// with a dot or a wildcard are taken as written.
-fn resolve_host(host: &str, namespace: &str) -> String {
-    if host.contains('.') || host.starts_with('*') {
-        host.to_string()
-    } else {
-        format!("{host}.{namespace}.svc.{CLUSTER_DOMAIN}")
-    }
-}
-
-/// `[ns/]name` or legacy `name.ns` of a gateway reference, as `ns/name`.
-fn resolve_gateway(reference: &str, namespace: &str) -> String {
-    match reference.split_once('/') {
-        Some((ns, name)) => format!("{ns}/{name}"),
-        None => match reference.split_once('.') {
-            Some((name, rest)) => format!("{}/{name}", rest.split('.').next().unwrap_or(rest)),
-            None => format!("{namespace}/{reference}"),
-        },
-    }
-}
+use super::common::{Report, at, idx};
+use super::virtual_service::is_gateway_only;
 
 struct Index<'a> {
     /// Hosts of Kubernetes Services and ServiceEntries.
@@ -63,7 +46,7 @@ impl<'a> Index<'a> {
                 }
                 Object::DestinationRule(dr) => {
                     let subsets = dr.spec.subsets.iter().map(|s| s.name.as_str()).collect();
-                    idx.rules.push((resolve_host(&dr.spec.host, &key.namespace), subsets));
+                    idx.rules.push((resolve_short_name(&dr.spec.host, &key.namespace), subsets));
                 }
                 Object::Gateway(_) => {
                     idx.gateways.insert(format!("{}/{}", key.namespace, key.name));
@@ -78,11 +61,11 @@ impl<'a> Index<'a> {
     }
 
     fn host_known(&self, host: &str) -> bool {
-        self.registry.contains(host) || self.registry.iter().any(|h| h.starts_with('*') && host_subset_of(host, h))
+        self.registry.contains(host) || self.registry.iter().any(|h| host::is_wildcard(h) && host::subset_of(host, h))
     }
 
     fn subset_known(&self, host: &str, subset: &str) -> bool {
-        self.rules.iter().any(|(h, subsets)| hosts_match(h, host) && subsets.contains(subset))
+        self.rules.iter().any(|(h, subsets)| host::matches(h, host) && subsets.contains(subset))
     }
 }
 
@@ -102,7 +85,10 @@ pub fn validate_set(objs: &[&Object]) -> Vec<Diagnostic> {
         out.extend(r.finish());
         if !is_gateway_only(&vs.spec) {
             for h in &vs.spec.hosts {
-                mesh_hosts.entry(resolve_host(h, ns)).or_default().push(format!("{}/{}", key.namespace, key.name));
+                mesh_hosts
+                    .entry(resolve_short_name(h, ns))
+                    .or_default()
+                    .push(format!("{}/{}", key.namespace, key.name));
             }
         }
     }
@@ -114,7 +100,7 @@ pub fn validate_set(objs: &[&Object]) -> Vec<Diagnostic> {
         }
         let mut r = Report::new(key.to_string());
         for (i, h) in vs.spec.hosts.iter().enumerate() {
-            let owners = &mesh_hosts[&resolve_host(h, &key.namespace)];
+            let owners = &mesh_hosts[&resolve_short_name(h, &key.namespace)];
             let owners: BTreeSet<&String> = owners.iter().collect();
             if owners.len() > 1 {
                 let names: Vec<&str> = owners.iter().map(|s| s.as_str()).collect();
@@ -192,10 +178,11 @@ fn check_references(r: &mut Report, ns: &str, vs: &VirtualService, index: &Index
         }
     }
     for (path, g) in gateway_refs {
-        if g == MESH_GATEWAY || g.is_empty() {
+        let reference = GatewayRef::parse(g);
+        if reference == GatewayRef::Mesh || g.is_empty() {
             continue;
         }
-        let target = resolve_gateway(g, ns);
+        let target = reference.resolve(ns);
         if !index.gateways.contains(&target) {
             r.error(path, format!("referenced gateway not found: {target:?}"));
         }
@@ -203,10 +190,10 @@ fn check_references(r: &mut Report, ns: &str, vs: &VirtualService, index: &Index
 }
 
 fn check_destination(r: &mut Report, path: &str, ns: &str, dest: &Destination, index: &Index<'_>) {
-    if dest.host.is_empty() || dest.host.starts_with('*') {
+    if dest.host.is_empty() || host::is_wildcard(&dest.host) {
         return;
     }
-    let host = resolve_host(&dest.host, ns);
+    let host = resolve_short_name(&dest.host, ns);
     if !index.host_known(&host) {
         r.warn(at(path, "host"), format!("referenced host not found: {host:?}"));
     }

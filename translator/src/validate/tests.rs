@@ -1,5 +1,10 @@
 //! Table tests: one row per rule (Istio's validation, `istio-semantics.md` section 9), each a
 //! minimal object that breaks exactly that rule, plus valid objects of every kind that must pass.
+//!
+//! The rules Istio's own validation corpus exercises (DestinationRule warmup, PeerAuthentication,
+//! ServiceEntry and WorkloadEntry) have rows here too, with objects of our own, so the crate's
+//! tests need nothing outside the repository; `tests/corpus.rs` compares with the corpus itself
+//! when asked to.
 
 use rstest::rstest;
 use serde::Deserialize;
@@ -21,6 +26,16 @@ fn diagnostics(yaml: &str) -> Vec<Diagnostic> {
     objects(yaml).iter().flat_map(validate_object).collect()
 }
 
+/// Diagnostics of one document: its parse error (an unknown enum value, a port key that is not a
+/// number, ...), else its validation diagnostics.
+fn checked(yaml: &str) -> Vec<Diagnostic> {
+    let v = serde_json::Value::deserialize(serde_yaml_ng::Deserializer::from_str(yaml)).expect("test yaml");
+    match parse_object(v) {
+        Ok(o) => validate_object(&o),
+        Err(d) => vec![d],
+    }
+}
+
 fn errors(diags: &[Diagnostic]) -> Vec<String> {
     diags.iter().filter(|d| d.severity == Severity::Error).map(|d| format!("{}: {}", d.field, d.message)).collect()
 }
@@ -36,6 +51,11 @@ const WE: &str =
     "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: we, namespace: ns}\nspec:\n";
 const PA: &str =
     "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: pa, namespace: ns}\nspec:\n";
+/// Objects without a `spec` (the body is empty).
+const SE_WITHOUT_SPEC: &str =
+    "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se, namespace: ns}\n";
+const WE_WITHOUT_SPEC: &str =
+    "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: we, namespace: ns}\n";
 
 #[rstest]
 // VirtualService
@@ -44,6 +64,12 @@ const PA: &str =
     "  hosts: ['*']\n  http: [{route: [{destination: {host: a.com}}]}]",
     "spec.hosts[0]",
     "wildcard host * is not allowed"
+)]
+#[case::vs_relative_gateway_refused(
+    VS,
+    "  hosts: [a.com]\n  gateways: [./gw]\n  http: [{route: [{destination: {host: a.com}}]}]",
+    "spec.gateways[0]",
+    "invalid value for namespace: \".\""
 )]
 #[case::vs_no_routes(VS, "  hosts: [a.com]", "spec", "http, tcp or tls must be provided")]
 #[case::vs_route_and_redirect(
@@ -254,6 +280,44 @@ const PA: &str =
     "at least one field"
 )]
 // ServiceEntry
+#[case::dr_warmup_minimum_percent_over_100(
+    DR,
+    "  host: a.com\n  trafficPolicy: {loadBalancer: {warmup: {duration: 60s, minimumPercent: 101}}}",
+    "spec.trafficPolicy.loadBalancer.warmup.minimumPercent",
+    "must be between 0 and 100"
+)]
+#[case::dr_warmup_without_duration(
+    DR,
+    "  host: a.com\n  trafficPolicy: {loadBalancer: {warmup: {minimumPercent: 20}}}",
+    "spec.trafficPolicy.loadBalancer.warmup.duration",
+    "warmup duration is required"
+)]
+#[case::dr_warmup_negative_aggression(
+    DR,
+    "  host: a.com\n  trafficPolicy: {loadBalancer: {warmup: {duration: 60s, aggression: -2}}}",
+    "spec.trafficPolicy.loadBalancer.warmup.aggression",
+    "must be greater than or equal to 0"
+)]
+#[case::se_without_spec(SE_WITHOUT_SPEC, "", "spec", "required value")]
+#[case::se_wildcard_in_selector(
+    SE,
+    "  hosts: [a.com]\n  workloadSelector: {labels: {tier: '*'}}",
+    "spec.workloadSelector.labels[tier]",
+    "wildcard is not supported in selector"
+)]
+#[case::se_host_is_wildcard(SE, "  hosts: ['*']", "spec.hosts[0]", "hostname cannot be wildcard")]
+#[case::se_port_out_of_range(
+    SE,
+    "  hosts: [a.com]\n  ports: [{name: web, number: 65536}]",
+    "spec.ports[0].number",
+    "port must be between 1-65535"
+)]
+#[case::se_target_port_out_of_range(
+    SE,
+    "  hosts: [a.com]\n  ports: [{name: web, number: 8080, targetPort: 70000}]",
+    "spec.ports[0].targetPort",
+    "port must be between 1-65535"
+)]
 #[case::se_no_hosts(SE, "  ports: [{name: http, number: 80}]", "spec.hosts", "required value")]
 #[case::se_selector_and_endpoints(
     SE,
@@ -404,9 +468,49 @@ const PA: &str =
     "only with allow_any"
 )]
 // WorkloadEntry
+#[case::we_without_spec(WE_WITHOUT_SPEC, "", "spec", "required value")]
+#[case::we_uds_directory(WE, "  address: unix:///run/sockets/", "spec.address", "uds may not be a dir")]
+#[case::we_uds_relative_path(
+    WE,
+    "  address: unix://run/app.sock",
+    "spec.address",
+    "uds must be an absolute path or abstract socket"
+)]
+#[case::we_uds_with_ports(
+    WE,
+    "  address: unix://@app\n  ports: {grpc: 9000}",
+    "spec.ports",
+    "uds may not include ports"
+)]
+#[case::we_port_out_of_range(
+    WE,
+    "  address: 10.1.2.3\n  ports: {grpc: 65536}",
+    "spec.ports[grpc]",
+    "port must be between 1-65535"
+)]
+#[case::we_bad_port_name(WE, "  address: 10.1.2.3\n  ports: {'!': 9000}", "spec.ports", "port name must be valid")]
 #[case::we_no_address(WE, "  labels: {app: a}", "spec.address", "address is required")]
 #[case::we_bad_label(WE, "  address: 1.1.1.1\n  labels: {'bad key!': a}", "spec.labels", "invalid tag key")]
 // PeerAuthentication
+#[case::pa_unknown_mode(PA, "  mtls: {mode: LOOSE}", "spec.mtls.mode", "unsupported value: \"loose\"")]
+#[case::pa_port_key_not_a_number(
+    PA,
+    "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {web: {mode: STRICT}}",
+    "spec.portLevelMtls",
+    "type conversion error from"
+)]
+#[case::pa_empty_port_level(
+    PA,
+    "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {}",
+    "spec.portLevelMtls",
+    "should have at least 1 properties"
+)]
+#[case::pa_port_zero(
+    PA,
+    "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {'0': {mode: DISABLE}}",
+    "spec.portLevelMtls[0]",
+    "port must be between 1-65535"
+)]
 #[case::pa_port_level_without_selector(
     PA,
     "  portLevelMtls: {'80': {mode: STRICT}}",
@@ -433,11 +537,56 @@ const PA: &str =
     "wildcard is not supported in selector"
 )]
 fn rule_is_enforced(#[case] head: &str, #[case] body: &str, #[case] field: &str, #[case] message: &str) {
-    let diags = diagnostics(&format!("{head}{body}\n"));
+    let diags = checked(&format!("{head}{body}\n"));
     let hit = diags
         .iter()
         .any(|d| d.severity == Severity::Error && d.field == field && d.message.to_lowercase().contains(message));
     assert!(hit, "expected an error at {field:?} containing {message:?}, got {:#?}", diags);
+}
+
+/// Valid objects, one rule's edge each (from the corpus: warmup settings, empty or partial
+/// selectors, UDS and FQDN addresses, partial wildcards, CIDR addresses without resolution).
+#[rstest]
+#[case::dr_warmup_duration_only(DR, "  host: a.com\n  trafficPolicy: {loadBalancer: {warmup: {duration: 90s}}}")]
+#[case::dr_warmup_minimum_percent(
+    DR,
+    "  host: a.com\n  trafficPolicy: {loadBalancer: {warmup: {duration: 90s, minimumPercent: 10}}}"
+)]
+#[case::dr_warmup_all_settings(
+    DR,
+    "  host: a.com\n  trafficPolicy: {loadBalancer: {warmup: {duration: 90s, minimumPercent: 10, aggression: 2.5}}}"
+)]
+#[case::dr_http2_keepalive(
+    DR,
+    "  host: a.com\n  trafficPolicy: {connectionPool: {http: {http2KeepAlive: {interval: 30s, timeout: 3s}}}}"
+)]
+#[case::pa_selector_mode_and_port(
+    PA,
+    "  selector: {matchLabels: {app: a}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {'9000': {mode: PERMISSIVE}}"
+)]
+#[case::pa_empty_selector(PA, "  selector: {}")]
+#[case::se_all_fields(
+    SE,
+    "  hosts: [api.example.org]\n  workloadSelector: {labels: {app: api}}\n  addresses: [10.9.8.7, 'fd00:10::']\n  exportTo: [other, .]\n  location: MESH_EXTERNAL\n  ports: [{name: web, protocol: HTTP, number: 8080, targetPort: 9090}]\n  subjectAltNames: [api]\n  resolution: DNS"
+)]
+#[case::se_dns_endpoint(
+    SE,
+    "  hosts: [api.example.org]\n  endpoints: [{address: backend.example.org}]\n  ports: [{name: web, protocol: HTTP, number: 8080}]\n  resolution: DNS"
+)]
+#[case::se_empty_selector(SE, "  hosts: [api.example.org]\n  workloadSelector: {}")]
+#[case::se_partial_wildcard_host(SE, "  hosts: ['*api']")]
+#[case::se_cidr_without_resolution(SE, "  hosts: [api.example.org]\n  addresses: [10.9.0.0/16]")]
+#[case::we_all_fields(
+    WE,
+    "  address: 10.1.2.3\n  serviceAccount: api\n  network: lan\n  labels: {app: api}\n  ports: {web: 8080}\n  weight: 3\n  locality: region/zone/subzone"
+)]
+#[case::we_network_without_address(WE, "  network: lan")]
+#[case::we_uds_abstract(WE, "  address: unix://@api")]
+#[case::we_uds_absolute_path(WE, "  address: unix:///run/api.sock")]
+#[case::we_fqdn_address(WE, "  address: api.example.org")]
+fn valid_object_passes(#[case] head: &str, #[case] body: &str) {
+    let diags = checked(&format!("{head}{body}\n"));
+    assert!(errors(&diags).is_empty(), "{:#?}", errors(&diags));
 }
 
 const VALID: &str = r#"
@@ -641,6 +790,12 @@ kind: Gateway
 metadata: {name: ingress, namespace: istio-system}
 spec:
   servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: local, namespace: bookinfo}
+spec:
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
 "#;
 
 fn set_diagnostics(extra: &str) -> Vec<Diagnostic> {
@@ -665,6 +820,20 @@ fn set_diagnostics(extra: &str) -> Vec<Diagnostic> {
     "  hosts: [reviews]\n  gateways: [istio-system/ingress, mesh]\n  http: [{route: [{destination: {host: reviews}}]}]",
     None
 )]
+#[case::short_gateway_in_own_namespace(
+    "  hosts: [reviews]\n  gateways: [local]\n  http: [{route: [{destination: {host: reviews}}]}]",
+    None
+)]
+#[case::relative_gateway_in_own_namespace(
+    "  hosts: [reviews]\n  gateways: [./local]\n  http: [{route: [{destination: {host: reviews}}]}]",
+    None
+)]
+#[case::relative_gateway_resolved_against_own_namespace("  hosts: [reviews]\n  gateways: [./ingress]\n  http: [{route: [{destination: {host: reviews}}]}]", Some((Severity::Error, "spec.gateways[0]", "referenced gateway not found: \"bookinfo/ingress\"")))]
+#[case::legacy_gateway_name(
+    "  hosts: [reviews]\n  gateways: [ingress.istio-system.svc.cluster.local]\n  http: [{route: [{destination: {host: reviews}}]}]",
+    None
+)]
+#[case::match_gateway_relative("  hosts: [reviews]\n  gateways: [local]\n  http: [{match: [{gateways: [./nope]}], route: [{destination: {host: reviews}}]}]", Some((Severity::Error, "spec.http[0].match[0].gateways[0]", "referenced gateway not found: \"bookinfo/nope\"")))]
 #[case::unknown_delegate("  hosts: [reviews]\n  http: [{delegate: {name: missing}}]", Some((Severity::Error, "spec.http[0].delegate", "referenced virtual service not found")))]
 fn references_are_checked(#[case] body: &str, #[case] want: Option<(Severity, &str, &str)>) {
     let diags = set_diagnostics(&format!("{}{body}\n", VS.replace("namespace: ns", "namespace: bookinfo")));

@@ -8,14 +8,13 @@ use crate::api::istio::{
     VirtualServiceSpec,
 };
 
-use super::common::{
-    Report, at, check_export_to, check_string_match, host_subset_of, hosts_match, idx, is_dns1123_label, is_ip, key,
-    validate_duration, validate_fqdn, validate_header_name, validate_header_value, validate_ip_subnet, validate_labels,
-    validate_port, validate_regex, validate_wildcard_domain, validate_wildcard_domain_for_gateway,
-};
+use crate::model::host::{self, GatewayRef, MESH_GATEWAY};
 
-/// The reserved gateway name for sidecars.
-pub(crate) const MESH_GATEWAY: &str = "mesh";
+use super::common::{
+    Report, at, check_export_to, check_string_match, idx, is_dns1123_label, is_ip, key, validate_duration,
+    validate_fqdn, validate_header_name, validate_header_value, validate_ip_subnet, validate_labels, validate_port,
+    validate_regex, validate_wildcard_domain, validate_wildcard_domain_for_gateway,
+};
 
 /// Prefix of header match keys that route on JWT claims (gateways only).
 const JWT_CLAIM_PREFIX: &str = "@request.auth.claims.";
@@ -116,7 +115,7 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &VirtualServiceSpec) 
     if all_hosts_valid {
         for i in 0..spec.hosts.len() {
             for j in i + 1..spec.hosts.len() {
-                if hosts_match(&spec.hosts[i], &spec.hosts[j]) {
+                if host::matches(&spec.hosts[i], &spec.hosts[j]) {
                     r.error(
                         idx("spec.hosts", j),
                         format!("duplicate hosts in virtual service: {} & {}", spec.hosts[i], spec.hosts[j]),
@@ -167,21 +166,24 @@ pub(crate) fn check(r: &mut Report, namespace: &str, spec: &VirtualServiceSpec) 
     check_unreachable_rules(r, spec);
 }
 
-/// Gateway references: `mesh`, `name`, `ns/name` (and the legacy `name.ns`, with a warning).
+/// Gateway references: `mesh`, `name`, `ns/name` (and the legacy `name.ns`, with a warning), parsed
+/// by [`GatewayRef`]. As Istio's webhook, `./name` is refused (`.` is not a namespace), though
+/// istiod would read it as `name` in the VirtualService's namespace.
 pub(crate) fn check_gateway_names(r: &mut Report, path: &str, names: &[String]) {
     for (i, name) in names.iter().enumerate() {
         let field = idx(path, i);
-        match name.split_once('/') {
-            None => {
-                if let Some((gw, ns)) = name.split_once('.') {
-                    r.warn(
-                        field.clone(),
-                        format!("using legacy gatewayName format {name:?}; prefer the <namespace>/<name> format: \"{}/{gw}\"", ns.split('.').next().unwrap_or(ns)),
-                    );
-                }
+        match GatewayRef::parse(name) {
+            GatewayRef::Mesh | GatewayRef::Short(_) => r.check(field, validate_fqdn(name)),
+            GatewayRef::Legacy { name: gw, namespace: ns } => {
+                r.warn(
+                    field.clone(),
+                    format!(
+                        "using legacy gatewayName format {name:?}; prefer the <namespace>/<name> format: \"{ns}/{gw}\""
+                    ),
+                );
                 r.check(field, validate_fqdn(name));
             }
-            Some((ns, gw)) => {
+            GatewayRef::Qualified { namespace: ns, name: gw } => {
                 if ns.is_empty() || gw.is_empty() {
                     r.error(field.clone(), "config namespace and gateway name cannot be empty");
                 }
@@ -724,7 +726,7 @@ fn check_tls_match(r: &mut Report, path: &str, m: &TlsMatchAttributes, spec: &Vi
             }
             continue;
         }
-        if !spec.hosts.iter().any(|h| host_subset_of(sni, h)) {
+        if !spec.hosts.iter().any(|h| host::subset_of(sni, h)) {
             r.error(
                 spath,
                 format!(

@@ -334,7 +334,7 @@ mod tests {
             ..ProxyProfile::default()
         };
         let mk = |host: &str, ns: &str| {
-            let mut s = crate::build::tests::mk_service(host, &[], crate::model::Resolution::Static, &[]);
+            let mut s = crate::envoy::tests::mk_service(host, &[], crate::model::Resolution::Static, &[]);
             s.namespace = ns.into();
             s
         };

@@ -24,7 +24,7 @@ use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
 use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 
 use super::cluster::ClusterOut;
-use super::http_route::proto_duration;
+use super::proto_duration;
 use super::{CONNECT_TIMEOUT_SECS, secs};
 use crate::api::istio::{
     ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings, OutlierDetection, SimpleLb,

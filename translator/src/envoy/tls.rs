@@ -753,8 +753,8 @@ mod tests {
 
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 
-    use crate::build::build;
-    use crate::build::tests::{mk_service, mk_world, sidecar};
+    use crate::envoy::build;
+    use crate::envoy::tests::{mk_service, mk_world, sidecar};
     use crate::model::{Protocol, Resolution};
     use crate::resources::TypeUrl;
 

@@ -491,7 +491,7 @@ mod tests {
     use rstest::rstest;
 
     use super::*;
-    use crate::build::tests::{mk_service, mk_world, sidecar};
+    use crate::envoy::tests::{mk_service, mk_world, sidecar};
     use crate::model::ProxyProfile;
 
     #[rstest]

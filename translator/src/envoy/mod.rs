@@ -1,21 +1,24 @@
-//! Per-type builders: one proxy's listeners, routes, clusters and endpoints.
+//! Per-Envoy-resource-type builders: one proxy's listeners, routes, clusters and endpoints.
 //!
 //! [`build`] runs the builders in the order Envoy consumes their output (CDS, EDS, LDS, RDS). Each
 //! builder makes prost structs for one resource at a time and encodes it once into the
 //! [`ResourceSet`]; nothing keeps structs around.
 //!
 //! Sidecars: clusters (with DestinationRule policy and subsets, [`cluster`], [`policy`]),
-//! endpoints, per-port listeners (with VirtualService tcp/tls routes, [`listener`]) and route
-//! configurations (with VirtualService http routes, [`route`], [`http_route`]), scoped by the
-//! Sidecar resource ([`scope`]). Gateways (node type `router`): listeners and routes from the
-//! Gateways that select them ([`gateway`]). mTLS: [`tls::apply_upstream_tls`] (client TLS of
-//! clusters, auto-mTLS), [`listener::InboundTls`] (server TLS of inbound chains per
-//! PeerAuthentication mode, resolved in [`crate::model::mtls`]).
+//! endpoints, per-port listeners (with VirtualService tcp/tls routes, [`listener`]; their HTTP
+//! connection managers from [`hcm`]) and route configurations (with VirtualService http routes,
+//! [`route`], [`http_route`]), scoped by the Sidecar resource ([`scope`]). Each HTTP feature (its
+//! route settings and its connection-manager filter) has one file under [`http`]. Gateways (node
+//! type `router`): listeners and routes from the Gateways that select them ([`gateway`]). mTLS:
+//! [`tls::apply_upstream_tls`] (client TLS of clusters, auto-mTLS), [`listener::InboundTls`]
+//! (server TLS of inbound chains per PeerAuthentication mode, resolved in [`crate::model::mtls`]).
 
 pub mod bootstrap;
 pub mod cluster;
 pub mod endpoint;
 pub mod gateway;
+pub mod hcm;
+pub mod http;
 pub mod http_route;
 pub mod listener;
 pub mod policy;
@@ -295,6 +298,16 @@ pub(crate) fn secs(s: i64) -> Option<Duration> {
     Some(Duration { seconds: s, nanos: 0 })
 }
 
+/// A validated duration string (`1.5s`, `100ms`) as a protobuf duration (`None` if it does not
+/// parse).
+pub fn proto_duration(s: &str) -> Option<Duration> {
+    let d = crate::api::istio::parse_duration(s).ok()?;
+    Some(Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    })
+}
+
 /// A millisecond duration.
 pub(crate) fn millis(ms: i64) -> Option<Duration> {
     Some(Duration { seconds: ms / 1000, nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0) })
@@ -439,6 +452,57 @@ pub mod wire {
         struct Wrapper {
             #[prost(message, optional, tag = "1")]
             meta: Option<Metadata>,
+        }
+
+        /// Metadata with two filters of several fields each, from inputs built anew every time:
+        /// the encoded resource (bytes and version) never changes and decodes to the same maps.
+        #[test]
+        fn metadata_maps_encode_to_the_same_bytes_and_version() {
+            use std::collections::HashMap;
+
+            use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+            use envoy_types::pb::google::protobuf::{Struct as PbStruct, Value as PbValue};
+
+            use crate::resources::Resource;
+
+            /// Metadata of the cluster, tag 25.
+            const CLUSTER_METADATA: u32 = 25;
+            let fields: [(&str, &str); 4] = [("alpha", "1"), ("beta", "2"), ("delta", "4"), ("gamma", "3")];
+            let encode = || {
+                let values: Vec<(&str, Value)> = fields.iter().map(|(k, v)| (*k, Value::string(v))).collect();
+                let a = Struct::new(&values);
+                let b = Struct::new(&[("on", Value::bool(true)), ("tags", Value::list(&[Value::string("x")]))]);
+                let extra = metadata_field(CLUSTER_METADATA, &[("a.filter", &a), ("b.filter", &b)]);
+                Resource::encode_with_fields("c", &Cluster { name: "c".into(), ..Default::default() }, &extra)
+            };
+            // The same metadata as prost's maps, built anew each time.
+            let expected = || {
+                let string = |s: &str| PbValue { kind: Some(Kind::StringValue(s.into())) };
+                let a: HashMap<String, PbValue> = fields.iter().map(|(k, v)| (k.to_string(), string(v))).collect();
+                let list = envoy_types::pb::google::protobuf::ListValue { values: vec![string("x")] };
+                let b: HashMap<String, PbValue> = [
+                    ("on".to_string(), PbValue { kind: Some(Kind::BoolValue(true)) }),
+                    ("tags".to_string(), PbValue { kind: Some(Kind::ListValue(list)) }),
+                ]
+                .into_iter()
+                .collect();
+                let filter_metadata: HashMap<String, PbStruct> = [
+                    ("a.filter".to_string(), PbStruct { fields: a }),
+                    ("b.filter".to_string(), PbStruct { fields: b }),
+                ]
+                .into_iter()
+                .collect();
+                Metadata { filter_metadata, ..Default::default() }
+            };
+            let first = encode();
+            for _ in 0..50 {
+                let again = encode();
+                assert_eq!(again.any, first.any);
+                assert_eq!(again.version, first.version);
+                let any = envoy_types::pb::google::protobuf::Any::decode(again.any.clone()).unwrap();
+                let cluster = Cluster::decode(any.value.as_slice()).unwrap();
+                assert_eq!(cluster.metadata, Some(expected()));
+            }
         }
 
         #[test]

@@ -32,10 +32,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
+use super::hcm::{base_hcm, hcm_filter};
 use super::http_route::{self, RouteOpts, sort_catch_all_last};
-use super::listener::{
-    ALL_ISTIO_MTLS_ALPNS, base_hcm, hcm_filter, network_filters, single_destination_filter, tls_inspector,
-};
+use super::listener::{ALL_ISTIO_MTLS_ALPNS, network_filters, single_destination_filter, tls_inspector};
 use super::route::{MAX_DIRECT_RESPONSE_BODY_BYTES, add_route_configuration};
 use super::tls::{ServerKind, downstream_transport_socket, gateway_tls_context};
 use super::{Ctx, ads_config_source, secs, socket_addr};

@@ -18,30 +18,21 @@ use envoy_types::pb::envoy::config::listener::v3::{
     listener_filter_chain_match_predicate::{MatchSet, Rule},
 };
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
-use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
-use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::{FilterConfig as GrpcStats, filter_config};
-use envoy_types::pb::envoy::extensions::filters::http::grpc_web::v3::GrpcWeb;
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, RequestIdExtension,
-    http_connection_manager::{
-        CodecType, ForwardClientCertDetails, PathWithEscapedSlashesAction, RouteSpecifier, SetCurrentClientCertDetails,
-        UpgradeConfig,
-    },
-    http_filter,
+    HttpConnectionManager, Rds,
+    http_connection_manager::{ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails},
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
-use super::http_route::{destination_cluster, proto_duration, virtual_service_metadata};
+use super::hcm::{base_hcm, hcm_filter};
+use super::http_route::{destination_cluster, virtual_service_metadata};
 use super::route::inbound_route_config;
-use super::{Ctx, InboundTarget, ads_config_source, any, secs, socket_addr, tls};
+use super::{Ctx, InboundTarget, ads_config_source, any, proto_duration, secs, socket_addr, tls};
 use crate::api::istio::RouteDestination;
 use crate::model::config::{VirtualServiceConfig, port_level_policy};
 use crate::model::host::MESH_GATEWAY;
@@ -54,7 +45,6 @@ use crate::resources::{ResourceSet, TypeUrl};
 
 /// Filter names Envoy knows these configs by.
 pub(crate) const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
-pub(crate) const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
 const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
 const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
@@ -702,67 +692,6 @@ fn original_dst() -> ListenerFilter {
     }
 }
 
-pub(crate) fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
-    Filter { name: HTTP_CONNECTION_MANAGER.to_string(), config_type: Some(filter::ConfigType::TypedConfig(any(hcm))) }
-}
-
-fn http_filter<M: prost::Message + prost::Name>(name: &str, config: &M) -> HttpFilter {
-    HttpFilter {
-        name: name.to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(any(config))),
-        ..Default::default()
-    }
-}
-
-/// HTTP filters of Istio's sidecar HCMs that stock Envoy has (Istio's own `istio.alpn`,
-/// `istio.metadata_exchange` and `istio.stats` are not in upstream Envoy).
-///
-/// Seam for later features: RBAC/authn filters go before `grpc_stats`, as istiod orders them.
-fn http_filters(protocol: Protocol) -> Vec<HttpFilter> {
-    let mut f = Vec::with_capacity(5);
-    if protocol == Protocol::GrpcWeb {
-        f.push(http_filter("envoy.filters.http.grpc_web", &GrpcWeb::default()));
-    }
-    f.push(http_filter(
-        "envoy.filters.http.grpc_stats",
-        &GrpcStats {
-            emit_filter_state: true,
-            per_method_stat_specifier: Some(filter_config::PerMethodStatSpecifier::StatsForAllMethods(BoolValue {
-                value: false,
-            })),
-            ..Default::default()
-        },
-    ));
-    f.push(http_filter("envoy.filters.http.fault", &HttpFault::default()));
-    f.push(http_filter("envoy.filters.http.cors", &Cors::default()));
-    f.push(http_filter("envoy.filters.http.router", &Router::default()));
-    f
-}
-
-/// Settings every Istio sidecar HCM shares.
-pub(crate) fn base_hcm(stat_prefix: &str, protocol: Protocol) -> HttpConnectionManager {
-    HttpConnectionManager {
-        codec_type: CodecType::Auto as i32,
-        stat_prefix: stat_prefix.to_string(),
-        http_filters: http_filters(protocol),
-        // MeshConfig pathNormalization DEFAULT: RFC 3986 normalization, escaped slashes untouched.
-        normalize_path: Some(BoolValue { value: true }),
-        path_with_escaped_slashes_action: PathWithEscapedSlashesAction::KeepUnchanged as i32,
-        use_remote_address: Some(BoolValue { value: false }),
-        upgrade_configs: vec![UpgradeConfig { upgrade_type: "websocket".to_string(), ..Default::default() }],
-        // Disabled: long-lived streams (gRPC, websockets) are the application's business.
-        stream_idle_timeout: secs(0),
-        request_id_extension: Some(RequestIdExtension {
-            typed_config: Some(any(&UuidRequestIdConfig {
-                use_request_id_for_trace_sampling: Some(BoolValue { value: true }),
-                ..Default::default()
-            })),
-        }),
-        proxy_100_continue: true,
-        ..Default::default()
-    }
-}
-
 /// Outbound HCM reading route configuration `rds` over ADS.
 fn outbound_hcm(stat_prefix: &str, rds: &str, protocol: Protocol) -> HttpConnectionManager {
     HttpConnectionManager {
@@ -1090,7 +1019,7 @@ mod tests {
     use rstest::rstest;
 
     use super::*;
-    use crate::build::tests::{mk_service, mk_world, sidecar};
+    use crate::envoy::tests::{mk_service, mk_world, sidecar};
     use crate::model::World;
 
     fn listeners(services: Vec<Service>, interception: InterceptionMode) -> BTreeMap<String, Listener> {
