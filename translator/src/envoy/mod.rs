@@ -28,7 +28,7 @@ pub mod tls;
 pub mod virtual_service;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
@@ -41,7 +41,7 @@ use prost::{Message, Name};
 
 use crate::model::config::VirtualServiceConfig;
 use crate::model::{MeshConfig, NodeType, OutboundTrafficPolicy, ProxyProfile, Service, ServicePort, World};
-use crate::resources::ResourceSet;
+use crate::resources::{ResourceSet, TypeUrl};
 
 pub use bootstrap::{BootstrapError, static_bootstrap};
 
@@ -272,18 +272,27 @@ pub struct InboundTarget<'a> {
 /// Translates the world for one proxy.
 pub fn build(world: &World, proxy: &ProxyProfile) -> ResourceSet {
     let ctx = Ctx::new(world, proxy);
+    let gateway = (!ctx.is_sidecar()).then(|| gateway::merge(&ctx));
     let mut set = ResourceSet::new();
-    if ctx.is_sidecar() {
-        let eds = cluster::build_clusters(&ctx, &mut set, false);
-        endpoint::build_endpoints(&eds, &mut set);
-        let route_names = listener::build_listeners(&ctx, &mut set);
-        route::build_routes(&ctx, &route_names, &mut set);
-    } else {
-        let merged = gateway::merge(&ctx);
-        let eds = cluster::build_clusters(&ctx, &mut set, merged.auto_passthrough);
-        endpoint::build_endpoints(&eds, &mut set);
-        gateway::build_listeners(&ctx, &merged, &mut set);
-        gateway::build_routes(&ctx, &merged, &mut set);
+    let mut eds = Vec::new();
+    let mut route_names = BTreeSet::new();
+    // One builder per type, in push order: CDS hands EDS the clusters that need endpoints, LDS hands
+    // RDS the route configurations its listeners name. The match is exhaustive on purpose: a new
+    // row in the type table does not compile until it says here how it is built.
+    for t in TypeUrl::ALL {
+        match (t, &gateway) {
+            (TypeUrl::Cluster, _) => {
+                let sni_dnat = gateway.as_ref().is_some_and(|g| g.auto_passthrough);
+                eds = cluster::build_clusters(&ctx, &mut set, sni_dnat);
+            }
+            (TypeUrl::Endpoint, _) => endpoint::build_endpoints(&eds, &mut set),
+            (TypeUrl::Listener, None) => route_names = listener::build_listeners(&ctx, &mut set),
+            (TypeUrl::Listener, Some(merged)) => gateway::build_listeners(&ctx, merged, &mut set),
+            (TypeUrl::Route, None) => route::build_routes(&ctx, &route_names, &mut set),
+            (TypeUrl::Route, Some(merged)) => gateway::build_routes(&ctx, merged, &mut set),
+            // Served per stream, from what the proxy's verified identity may read; never translated.
+            (TypeUrl::Secret, _) => {}
+        }
     }
     set
 }
