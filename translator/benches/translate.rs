@@ -1,4 +1,4 @@
-//! Translation cost, performance.md scenario P3: Istio's load-test mesh of 1,000 Services (20
+//! Translation cost, `docs/performance.md` scenario P3: Istio's load-test mesh of 1,000 Services (20
 //! namespaces, two pods each: 2,000 pods), 1,000 VirtualServices (a 90/10 canary split over two
 //! subsets, with retries and a timeout) and 1,000 DestinationRules (two subsets, connection pool,
 //! outlier detection), all generated as the Kubernetes/Istio objects a user would apply.

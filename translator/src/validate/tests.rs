@@ -1,4 +1,4 @@
-//! Table tests: one row per rule (Istio's validation, `istio-semantics.md` section 9), each a
+//! Table tests: one row per rule (Istio's validation, `docs/istio-semantics.md` section 9), each a
 //! minimal object that breaks exactly that rule, plus valid objects of every kind that must pass.
 //!
 //! The rules Istio's own validation corpus exercises (DestinationRule warmup, PeerAuthentication,
