@@ -33,7 +33,7 @@ use crate::model::Protocol;
 ///
 /// Istio's own `istio.alpn`, `istio.metadata_exchange` and `istio.stats` are not in upstream Envoy
 /// and have no counterpart. Seam for later features: RBAC/authn filters go before `grpc_stats`.
-pub(crate) fn http_filters(protocol: Protocol) -> Vec<HttpFilter> {
+pub fn http_filters(protocol: Protocol) -> Vec<HttpFilter> {
     let mut f = Vec::with_capacity(5);
     f.extend(grpc_web::http_filter(protocol));
     f.push(grpc_stats::http_filter());
