@@ -1,11 +1,18 @@
-//! The control plane under test: the real `sailplane discovery` binary as a child process.
+//! The control plane under test as the real `sailplane discovery` binary, a child process
+//! ([`ControlPlane`], started by [`Launch`]), for the end-to-end tier. The in-process control plane
+//! of the component tier is [`crate::ads_server::TestServer`].
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use sailplane::agent::ca_client::CaClient;
+use sailplane::agent::keys::{self, KeyType};
+use sailplane::ca::token::TokenAuthority;
+use sailplane::identity::Identity;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -22,49 +29,168 @@ pub struct ControlPlane {
     pub monitoring_port: u16,
     /// Secure gRPC port (CA API over TLS) on 127.0.0.1; the CA's state is in the scratch directory.
     pub secure_port: u16,
+    ca_dir: PathBuf,
     log: PathBuf,
     _scratch: TempDir,
+}
+
+/// What [`Launch::start`] waits for before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// `/ready` on the monitoring port answers 200 (the default).
+    Ready200,
+    /// The secure port accepts TCP connections (the CA is up; readiness may wait for Kubernetes).
+    SecurePort,
+    /// Nothing: the test watches the start itself.
+    Spawned,
+}
+
+/// How to start `sailplane discovery`: the one way tests start the real binary. Ports (xDS,
+/// monitoring, secure) are always free ones on 127.0.0.1 and the CA directory defaults to the
+/// process's scratch directory; everything else is flags and environment.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    config: Option<PathBuf>,
+    ca_dir: Option<PathBuf>,
+    secure_port: bool,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    ready: Ready,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Launch {
+            config: None,
+            ca_dir: None,
+            secure_port: true,
+            args: Vec::new(),
+            envs: Vec::new(),
+            ready: Ready::Ready200,
+        }
+    }
+}
+
+impl Launch {
+    /// Watching configuration directory `dir` (`--config`).
+    pub fn config(dir: &Path) -> Launch {
+        Launch { config: Some(dir.to_path_buf()), ..Launch::default() }
+    }
+
+    /// Watching the Kubernetes API of `kubeconfig` (`--kubernetes`, `KUBECONFIG`), as pod
+    /// `sailplane-0` in `istio-system`, without the webhook port.
+    pub fn kubernetes(kubeconfig: &Path) -> Launch {
+        Launch::default()
+            .args(["--kubernetes", "--webhook-port", "0"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAMESPACE", "istio-system")
+            .env("POD_NAME", "sailplane-0")
+    }
+
+    /// Keeps the CA state in `dir` (`--ca-dir`), e.g. to restart on the same root.
+    pub fn ca_dir(mut self, dir: &Path) -> Launch {
+        self.ca_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Disables the secure port (`--secure-port 0`).
+    pub fn no_secure_port(mut self) -> Launch {
+        self.secure_port = false;
+        self
+    }
+
+    /// One more flag.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Launch {
+        self.args.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    /// More flags (later ones win where the binary lets a flag repeat).
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Launch {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// An environment variable for the child.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Launch {
+        self.envs.push((key.as_ref().to_os_string(), value.as_ref().to_os_string()));
+        self
+    }
+
+    /// What to wait for before returning (default [`Ready::Ready200`]).
+    pub fn wait_for(mut self, ready: Ready) -> Launch {
+        self.ready = ready;
+        self
+    }
+
+    /// Spawns `sailplane discovery` ([`paths::sailplane_bin`]) and waits as told.
+    pub async fn start(self) -> anyhow::Result<ControlPlane> {
+        let bin = paths::sailplane_bin()?;
+        let xds_port = ports::free_port()?;
+        let monitoring_port = ports::free_port()?;
+        // Its own secure port and CA directory: tests run control planes in parallel.
+        let secure_port = if self.secure_port { ports::free_port()? } else { 0 };
+        let scratch = tempfile::Builder::new().prefix("sailplane-cp-").tempdir()?;
+        let ca_dir = self.ca_dir.clone().unwrap_or_else(|| scratch.path().join("ca"));
+        let log = scratch.path().join("sailplane.log");
+        let out = File::create(&log)?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("discovery");
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.args(["--listen-address", "127.0.0.1"])
+            .args(["--xds-port", &xds_port.to_string()])
+            .args(["--monitoring-port", &monitoring_port.to_string()])
+            .args(["--secure-port", &secure_port.to_string()])
+            .arg("--ca-dir")
+            .arg(&ca_dir)
+            .args(&self.args)
+            .env("SAILPLANE_LOG", std::env::var("SAILPLANE_LOG").unwrap_or_else(|_| "info,sailplane=debug".into()))
+            // The log goes to a file that people read: no colour escapes.
+            .env("NO_COLOR", "1")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = cmd.spawn().with_context(|| format!("spawning {}", bin.display()))?;
+        let mut cp = ControlPlane { child, xds_port, monitoring_port, secure_port, ca_dir, log, _scratch: scratch };
+        match self.ready {
+            Ready::Ready200 => cp.wait_ready().await?,
+            Ready::SecurePort => cp.wait_secure_port().await?,
+            Ready::Spawned => {}
+        }
+        Ok(cp)
+    }
 }
 
 impl ControlPlane {
     /// Starts the control plane on `config_dir` with free ports and waits until `/ready` answers 200.
     pub async fn start(config_dir: &Path) -> anyhow::Result<ControlPlane> {
-        Self::start_with(config_dir, &[]).await
+        Launch::config(config_dir).start().await
     }
 
     /// Like [`ControlPlane::start`], with extra `discovery` flags.
     pub async fn start_with(config_dir: &Path, extra: &[&str]) -> anyhow::Result<ControlPlane> {
-        let bin = paths::sailplane_bin()?;
-        let xds_port = ports::free_port()?;
-        let monitoring_port = ports::free_port()?;
-        // Its own secure port and CA directory: tests run control planes in parallel.
-        let secure_port = ports::free_port()?;
-        let scratch = tempfile::Builder::new().prefix("sailplane-cp-").tempdir()?;
-        let log = scratch.path().join("sailplane.log");
-        let out = File::create(&log)?;
-        let err = out.try_clone()?;
-        let child = Command::new(&bin)
-            .arg("discovery")
-            .arg("--config")
-            .arg(config_dir)
-            .args(["--listen-address", "127.0.0.1"])
-            .args(["--xds-port", &xds_port.to_string()])
-            .args(["--monitoring-port", &monitoring_port.to_string()])
-            .args(["--secure-port", &secure_port.to_string()])
-            .arg("--ca-dir")
-            .arg(scratch.path().join("ca"))
-            .args(extra)
-            .env("SAILPLANE_LOG", std::env::var("SAILPLANE_LOG").unwrap_or_else(|_| "info,sailplane=debug".into()))
-            // The log goes to a file that people read: no colour escapes.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
-        let mut cp = ControlPlane { child, xds_port, monitoring_port, secure_port, log, _scratch: scratch };
-        cp.wait_ready().await?;
-        Ok(cp)
+        Launch::config(config_dir).args(extra).start().await
+    }
+
+    async fn wait_secure_port(&mut self) -> anyhow::Result<()> {
+        let port = self.secure_port;
+        // Async: a fake API server on this runtime must keep answering meanwhile.
+        let result = eventually("the secure port to accept connections", Duration::from_secs(30), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map(drop).map_err(anyhow::Error::from)
+        })
+        .await;
+        if let Err(e) = result {
+            let exited = self.child.try_wait().ok().flatten();
+            bail!(
+                "{e:#}\ncontrol plane exit status: {exited:?}\n--- control plane log ---\n{}",
+                log_tail(&self.log, 60)
+            );
+        }
+        Ok(())
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -159,7 +285,39 @@ impl ControlPlane {
     /// Its CA state directory (`--ca-dir`): `root-cert.pem`, and the key `sailplane token create
     /// --ca-dir` signs tokens with.
     pub fn ca_dir(&self) -> PathBuf {
-        self._scratch.path().join("ca")
+        self.ca_dir.clone()
+    }
+
+    /// `127.0.0.1:<secure port>`.
+    pub fn secure_address(&self) -> String {
+        format!("127.0.0.1:{}", self.secure_port)
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The mesh root its CA created (`root-cert.pem` in its CA directory).
+    pub fn root_pem(&self) -> anyhow::Result<String> {
+        let path = self.ca_dir.join("root-cert.pem");
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// A token for `ns/sa` valid for an hour, signed with its token key.
+    pub fn token(&self, ns: &str, sa: &str) -> anyhow::Result<String> {
+        let tokens = TokenAuthority::load_or_create(&self.ca_dir).context("loading the token key")?;
+        Ok(tokens.mint(ns, sa, Duration::from_secs(3600))?)
+    }
+
+    /// A workload certificate (chain PEM, key PEM) for `ns/sa` from its CA, as the agent gets it.
+    pub async fn workload_cert(&self, ns: &str, sa: &str) -> anyhow::Result<(String, String)> {
+        let identity =
+            Identity { trust_domain: "cluster.local".into(), namespace: ns.into(), service_account: sa.into() };
+        let k = keys::generate(KeyType::Ec, &identity)?;
+        let client = CaClient::new(&self.secure_address(), &self.root_pem()?, None)?;
+        let chain = client.sign(k.csr_pem.clone(), Duration::from_secs(3600), &self.token(ns, sa)?).await?;
+        Ok((chain.concat(), k.key_pem.clone()))
     }
 }
 

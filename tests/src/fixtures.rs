@@ -67,3 +67,11 @@ pub fn mk_service_with_endpoints(name: &str, ns: &str, port: u16, addresses: &[&
         mk_endpoint_slice(&format!("{name}-1"), name, ns, addresses, target_port)
     )
 }
+
+/// A Secret YAML (stringData) with `data` pairs.
+pub fn mk_secret(ns: &str, name: &str, kind: &str, data: &[(&str, &str)]) -> String {
+    let data: String = data.iter().map(|(k, v)| format!("  {k}: {}\n", serde_json::Value::from(*v))).collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\ntype: {kind}\nstringData:\n{data}"
+    )
+}

@@ -1,4 +1,5 @@
-//! Plain HTTP/1.1 requests on loopback: to Envoy listeners (with a chosen Host) and to admin ports.
+//! Plain HTTP/1.1 requests on loopback: to Envoy listeners (with a chosen Host) and to admin ports,
+//! with reqwest ([`get`], [`get_via`]) or bare over TCP ([`raw_get`], [`parse_response`]).
 
 use std::time::Duration;
 
@@ -75,4 +76,41 @@ pub async fn expect_echo(port: u16, host: &str, path: &str, want: &str) -> anyho
         );
     }
     Ok(r)
+}
+
+/// A bare HTTP/1.1 `GET` on 127.0.0.1 without a client library: status and body (chunked bodies
+/// decoded), or `None` while nothing answers (for polling a port that is not up yet).
+pub async fn raw_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    parse_response(&buf)
+}
+
+/// Status and body of a raw HTTP/1.1 response (chunked bodies decoded).
+pub fn parse_response(buf: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body)? } else { body.to_string() };
+    Some((status, body))
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+pub fn dechunk(mut rest: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let n = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if n == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..n)?);
+        rest = after.get(n + 2..)?;
+    }
 }

@@ -1,4 +1,4 @@
-//! Helpers for the traffic-management cases (`tests/traffic_*.rs`): backends published as
+//! Helpers for the traffic-management cases (`tests/e2e/traffic_*.rs`): backends published as
 //! Kubernetes Services, a control plane with one Envoy in one call, requests that carry headers and
 //! report everything a user sees (status, headers, body, which backend, how long), and waiting for
 //! a virtual host in Envoy's own config dump before asserting on traffic.

@@ -1,19 +1,15 @@
-//! Shared fixtures for the CA and agent tests: an in-process CA served over TLS on loopback (the same
-//! service and TLS code as `sailplane discovery`'s secure port), token forging for refusal paths,
-//! certificate inspection, a tonic channel over a Unix socket (SDS), and Envoy lookup.
+//! The certificate authority under test, in process, and certificate helpers: [`TestCa`] serves
+//! `IstioCertificateService` over TLS on loopback (the same service and TLS code as `sailplane
+//! discovery`'s secure port), forges tokens for refusal paths, and the functions below inspect and
+//! verify the certificates it issues (SPIFFE URI SANs, serials, lifetimes, chains to the root).
 
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test helpers fail the test on setup errors
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -24,20 +20,23 @@ use sailplane::ca::{Authority, CaOptions};
 use sailplane::identity::Authenticator;
 use sailplane::identity::Identity;
 use sailplane::tls;
-use tokio::net::{TcpListener, UnixStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint, Uri};
 use x509_parser::extensions::GeneralName;
 
-/// How long a test waits for something that must happen.
+/// How long the CA tests wait for something that must happen.
 pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A CA serving `IstioCertificateService` over TLS on 127.0.0.1, state in `dir`.
 pub struct TestCa {
+    /// Where it listens (127.0.0.1, a free port).
     pub addr: SocketAddr,
+    /// Its state directory (root certificate and key, token key).
     pub dir: PathBuf,
+    /// The authority that signs.
     pub authority: Arc<Authority>,
+    /// The token key that mints the tokens it accepts.
     pub tokens: Arc<TokenAuthority>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -193,12 +192,12 @@ pub fn verify_chain(chain: &[CertificateDer<'static>], root_pem: &str) -> Result
 #[derive(Debug)]
 pub struct SpiffeVerifier {
     roots: RootCertStore,
-    root_pem: String,
 }
 
 impl SpiffeVerifier {
+    /// A verifier trusting the roots in `root_pem`.
     pub fn new(root_pem: &str) -> Arc<SpiffeVerifier> {
-        Arc::new(SpiffeVerifier { roots: tls::root_store(root_pem).expect("roots"), root_pem: root_pem.to_string() })
+        Arc::new(SpiffeVerifier { roots: tls::root_store(root_pem).expect("roots") })
     }
 }
 
@@ -243,55 +242,4 @@ impl ServerCertVerifier for SpiffeVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         tls::provider().signature_verification_algorithms.supported_schemes()
     }
-}
-
-/// Connects tonic to a Unix socket.
-#[derive(Clone)]
-struct UdsConnector(PathBuf);
-
-impl tower::Service<Uri> for UdsConnector {
-    type Response = TokioIo<UnixStream>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let path = self.0.clone();
-        Box::pin(async move { Ok(TokioIo::new(UnixStream::connect(path).await?)) })
-    }
-}
-
-/// A gRPC channel to the server on the Unix socket at `path`.
-pub async fn uds_channel(path: &Path) -> Channel {
-    Endpoint::from_static("http://sds.local")
-        .connect_with_connector(UdsConnector(path.to_path_buf()))
-        .await
-        .expect("connect to the unix socket")
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, or panics after `WAIT` naming `what`.
-pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Envoy as the project's tests find it: `ENVOY_BIN`, the workspace's `.venv`, then `PATH`. A
-/// missing Envoy fails the test: a skipped check would read as a pass.
-pub fn envoy_bin() -> PathBuf {
-    sailplane::agent::envoy::locate(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .unwrap_or_else(|| panic!("Envoy not found: set ENVOY_BIN, or run scripts/setup.sh to install it into .venv"))
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released; a tiny race is acceptable in tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }

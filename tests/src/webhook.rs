@@ -1,7 +1,7 @@
-//! An HTTPS client for the webhook tests: one HTTP/1.1 request over TLS, as the API server sends it.
+//! Webhook helpers: an HTTPS client that POSTs one admission review over TLS, as the API server sends
+//! it, verifying the webhook's certificate against a root or accepting any.
 
-#![allow(dead_code)] // each test binary uses a different part of it
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test helpers fail the test on setup errors
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,7 +57,12 @@ impl ServerCertVerifier for AcceptAny {
 /// How the client checks the server.
 pub enum Trust<'a> {
     /// Verify against this PEM root, for this server name.
-    Root { pem: &'a str, server_name: &'a str },
+    Root {
+        /// The root certificate(s), PEM.
+        pem: &'a str,
+        /// The name the certificate must be valid for.
+        server_name: &'a str,
+    },
     /// Accept anything.
     Any,
 }

@@ -3,15 +3,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod xds_support;
-
 use std::collections::HashMap;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use sailplane::xds::SyncState;
+use sailplane_tests::ads_client::*;
+use sailplane_tests::ads_server::*;
 use sailplane_translator::TypeUrl;
-use xds_support::*;
 
 fn versions(set: &sailplane_translator::ResourceSet, t: TypeUrl) -> HashMap<String, String> {
     set.of(t).iter().map(|(n, r)| (n.clone(), r.version.clone())).collect()
@@ -34,7 +33,7 @@ async fn wildcard_then_only_changes_and_removals() {
     c.ack(&first);
     c.expect_silence().await;
     let id = proxy_id("p1");
-    srv.eventually("cds synced", |s| s.status.state(&id, TypeUrl::Cluster) == Some(SyncState::Synced)).await;
+    srv.wait_until("cds synced", |s| s.status.state(&id, TypeUrl::Cluster) == Some(SyncState::Synced)).await;
 
     // "b" changes (becomes a STATIC cluster), "c" goes, "d" comes; "a" is untouched.
     let mut next = config(&["a", "d"], 80, &["l1"], &[]);
@@ -143,7 +142,7 @@ async fn nack_and_stale_nonce() {
     });
     c.expect_silence().await;
     let id = proxy_id("p1");
-    srv.eventually("error", |s| s.status.state(&id, TypeUrl::Listener) == Some(SyncState::Error)).await;
+    srv.wait_until("error", |s| s.status.state(&id, TypeUrl::Listener) == Some(SyncState::Error)).await;
     assert!(srv.status.syncz()[0]["types"]["lds"]["error"].as_str().unwrap().contains("bad filter"));
     assert_eq!(srv.metrics.rejects_of(TypeUrl::Listener), 1);
 
@@ -155,7 +154,7 @@ async fn nack_and_stale_nonce() {
     c.expect_silence().await;
     assert_eq!(srv.status.state(&id, TypeUrl::Listener), Some(SyncState::Stale));
     c.ack(&second);
-    srv.eventually("synced", |s| s.status.state(&id, TypeUrl::Listener) == Some(SyncState::Synced)).await;
+    srv.wait_until("synced", |s| s.status.state(&id, TypeUrl::Listener) == Some(SyncState::Synced)).await;
     // A Delta ACK carries no version: the one sent with that nonce is recorded.
     let ts = srv.status.get(&id).unwrap().type_status(TypeUrl::Listener);
     assert_eq!(ts.acked_version, ts.sent_version);

@@ -3,15 +3,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod xds_support;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use prost::Message;
 use sailplane::xds::SyncState;
+use sailplane_tests::ads_client::*;
+use sailplane_tests::ads_server::*;
 use sailplane_translator::TypeUrl;
-use xds_support::*;
 
 fn base() -> sailplane_translator::ResourceSet {
     config(&["a", "b"], 80, &["l1"], &["r1", "r2"])
@@ -59,7 +58,7 @@ async fn initial_fetch_of_every_type() {
     assert_eq!(nonces.len(), 5, "nonces are unique");
 
     let id = proxy_id("p1");
-    srv.eventually("all types synced", |s| {
+    srv.wait_until("all types synced", |s| {
         TypeUrl::ALL.iter().all(|t| s.status.state(&id, *t) == Some(SyncState::Synced))
     })
     .await;
@@ -81,7 +80,7 @@ async fn ack_is_not_answered() {
     let cds = c.recv().await;
     c.ack(&cds, &[]);
     c.expect_silence().await;
-    srv.eventually("cds synced", |s| s.status.state(&proxy_id("p1"), TypeUrl::Cluster) == Some(SyncState::Synced))
+    srv.wait_until("cds synced", |s| s.status.state(&proxy_id("p1"), TypeUrl::Cluster) == Some(SyncState::Synced))
         .await;
 }
 
@@ -99,7 +98,7 @@ async fn stale_nonce_is_ignored() {
     // A request still answering the first nonce is stale, even though it asks for more.
     c.ack(&first, &["a", "b"]);
     c.expect_silence().await;
-    srv.eventually("not acked by a stale nonce", |s| {
+    srv.wait_until("not acked by a stale nonce", |s| {
         s.status.state(&proxy_id("p1"), TypeUrl::Endpoint) == Some(SyncState::Stale)
     })
     .await;
@@ -118,7 +117,7 @@ async fn nack_is_recorded_and_not_answered() {
     c.nack(&cds, &[], "cluster a: invalid lb policy [marker 123]");
     c.expect_silence().await;
     let id = proxy_id("p1");
-    srv.eventually("nack recorded", |s| s.status.state(&id, TypeUrl::Cluster) == Some(SyncState::Error)).await;
+    srv.wait_until("nack recorded", |s| s.status.state(&id, TypeUrl::Cluster) == Some(SyncState::Error)).await;
     let syncz = srv.status.syncz();
     let me = syncz.as_array().unwrap().iter().find(|p| p["proxy"] == id.as_str()).unwrap();
     assert_eq!(me["cds"], "ERROR");
@@ -131,7 +130,7 @@ async fn nack_is_recorded_and_not_answered() {
     let fixed = c.recv().await;
     assert_eq!(sotw_names(&fixed), ["a"]);
     c.ack(&fixed, &[]);
-    srv.eventually("synced after fix", |s| s.status.state(&id, TypeUrl::Cluster) == Some(SyncState::Synced)).await;
+    srv.wait_until("synced after fix", |s| s.status.state(&id, TypeUrl::Cluster) == Some(SyncState::Synced)).await;
     let syncz = srv.status.syncz();
     assert!(syncz[0]["types"]["cds"]["error"].is_null());
 }
@@ -196,7 +195,7 @@ async fn snapshot_change_pushes_only_changed_types_in_order() {
 
     // Envoy then asks EDS for the new cluster: answered.
     let id = proxy_id("p1");
-    srv.eventually("eds synced", |s| s.status.state(&id, TypeUrl::Endpoint) == Some(SyncState::Synced)).await;
+    srv.wait_until("eds synced", |s| s.status.state(&id, TypeUrl::Endpoint) == Some(SyncState::Synced)).await;
     let last_eds = srv.status.get(&id).unwrap().type_status(TypeUrl::Endpoint);
     c.send(envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
         type_url: TypeUrl::Endpoint.as_str().into(),
@@ -232,9 +231,9 @@ async fn named_subscription_change_is_answered() {
 #[tokio::test]
 async fn invalid_node_is_refused() {
     let srv = TestServer::start(base()).await;
-    let client = srv.client().await;
+    let channel = srv.channel().await;
     let bad = envoy_types::pb::envoy::config::core::v3::Node { id: "not-istio".into(), ..Default::default() };
-    let mut c = Sotw::open(client, bad).await;
+    let mut c = Sotw::open(channel, bad).await.unwrap();
     c.request(TypeUrl::Cluster, &[]);
     let status = c.next().await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -251,8 +250,8 @@ async fn disconnect_is_reported() {
     assert_eq!(srv.status.len(), 1);
     assert_eq!(srv.source.connects.load(Ordering::SeqCst), 1);
     drop(c);
-    srv.eventually("disconnected", |s| s.status.is_empty() && s.source.disconnects.load(Ordering::SeqCst) == 1).await;
-    srv.eventually("gauge back to zero", |s| s.metrics.connected.get() == 0).await;
+    srv.wait_until("disconnected", |s| s.status.is_empty() && s.source.disconnects.load(Ordering::SeqCst) == 1).await;
+    srv.wait_until("gauge back to zero", |s| s.metrics.connected.get() == 0).await;
 }
 
 #[tokio::test]

@@ -13,16 +13,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod webhook_support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sailplane::webhook::inject::InjectorConfig;
 use sailplane::webhook::{WebhookState, serve, tls};
+use sailplane_tests::webhook::{Trust, post};
 use serde_json::Value;
-use webhook_support::{Trust, post};
 
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/inject")

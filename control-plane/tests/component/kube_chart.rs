@@ -10,8 +10,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod webhook_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -334,11 +332,11 @@ async fn webhooks_point_at_the_service_with_a_certificate_the_api_server_accepts
         "namespace": "edge", "operation": "CREATE",
         "object": {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw", "namespace": "edge"},
                    "spec": {"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}}});
-    let (status, answer) = webhook_support::post(
+    let (status, answer) = sailplane_tests::webhook::post(
         addr,
         "/validate",
         review.to_string().as_bytes(),
-        webhook_support::Trust::Root { pem: &ca_pem, server_name: "istiod.istio-system.svc" },
+        sailplane_tests::webhook::Trust::Root { pem: &ca_pem, server_name: "istiod.istio-system.svc" },
     )
     .await;
     assert_eq!(status, 200);

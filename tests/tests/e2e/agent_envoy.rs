@@ -9,45 +9,22 @@
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] functions unwrap too
 
-mod ca_support;
-
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ca_support::*;
 use sailplane::agent::keys::KeyType;
 use sailplane::agent::secrets::SecretCache;
 use sailplane::agent::{Agent, CertManager, CertOptions};
 use sailplane::ca::CaOptions;
+use sailplane_tests::ca::*;
+use sailplane_tests::http::dechunk;
+use sailplane_tests::paths::{envoy_bin, sailplane_bin};
+use sailplane_tests::ports::free_port;
+use sailplane_tests::process::Proc;
+use sailplane_tests::wait::{eventually, some_async};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A child process killed (and reaped) on drop.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(mut cmd: Command, log: &Path) -> Proc {
-    let out = std::fs::File::create(log).unwrap();
-    let err = out.try_clone().unwrap();
-    let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().expect("spawn");
-    Proc { child, log: log.to_path_buf() }
-}
 
 fn q(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
@@ -147,34 +124,9 @@ async fn admin(port: u16, method: &str, path: &str) -> Option<String> {
     }
 }
 
-/// Decodes an HTTP/1.1 chunked body.
-fn dechunk(mut rest: &str) -> Option<String> {
-    let mut body = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(body);
-        }
-        body.push_str(after.get(..size)?);
-        rest = after.get(size + 2..)?;
-    }
-}
-
-async fn wait_async<T, F: Future<Output = Option<T>>>(what: &str, within: Duration, mut check: impl FnMut() -> F) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn envoy_terminates_tls_with_the_agent_workload_certificate() {
-    let envoy = envoy_bin();
+    let envoy = envoy_bin().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::start(&dir.path().join("ca"), CaOptions::default()).await;
     let token = dir.path().join("token");
@@ -193,19 +145,24 @@ async fn envoy_terminates_tls_with_the_agent_workload_certificate() {
     let _agent =
         Agent::start(CertManager::new(options, ca.client(), ca.root_pem(), Arc::clone(&cache)), &socket).unwrap();
 
-    let (admin_port, port) = (free_port(), free_port());
+    let (admin_port, port) = (free_port().unwrap(), free_port().unwrap());
     let config = dir.path().join("envoy.yaml");
     std::fs::write(&config, tls_listener_bootstrap(admin_port, port, &socket)).unwrap();
     let mut cmd = Command::new(&envoy);
     cmd.arg("-c").arg(&config).args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]);
-    let proc = spawn(cmd, &dir.path().join("envoy.log"));
+    let proc = Proc::spawn("envoy", cmd, &dir.path().join("envoy.log")).unwrap();
 
     let root = ca.root_pem();
-    let (leaf, response) = wait_async("envoy to serve TLS with the SDS certificate", WAIT, || {
-        let root = root.clone();
-        async move { tls_get(port, &root).await.ok() }
-    })
-    .await;
+    let (leaf, response) = eventually(
+        "envoy to serve TLS with the SDS certificate",
+        WAIT,
+        some_async(|| {
+            let root = root.clone();
+            async move { tls_get(port, &root).await.ok() }
+        }),
+    )
+    .await
+    .unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "response: {response}\n--- envoy log ---\n{}", proc.log());
     assert!(response.ends_with("hello from envoy"), "{response}");
     assert_eq!(uri_sans(&leaf), vec!["spiffe://cluster.local/ns/bookinfo/sa/reviews".to_string()]);
@@ -214,14 +171,19 @@ async fn envoy_terminates_tls_with_the_agent_workload_certificate() {
     assert_eq!(serial(&certs(&served.chain_pem)[0]), first_serial, "envoy serves the agent's certificate");
 
     // After the agent rotates (at ~4 s), Envoy serves the new certificate without a restart.
-    let rotated = wait_async("envoy to serve the rotated certificate", WAIT, || {
-        let (root, first) = (root.clone(), first_serial.clone());
-        async move {
-            let (leaf, response) = tls_get(port, &root).await.ok()?;
-            (serial(&leaf) != first && response.starts_with("HTTP/1.1 200")).then_some(leaf)
-        }
-    })
-    .await;
+    let rotated = eventually(
+        "envoy to serve the rotated certificate",
+        WAIT,
+        some_async(|| {
+            let (root, first) = (root.clone(), first_serial.clone());
+            async move {
+                let (leaf, response) = tls_get(port, &root).await.ok()?;
+                (serial(&leaf) != first && response.starts_with("HTTP/1.1 200")).then_some(leaf)
+            }
+        }),
+    )
+    .await
+    .unwrap();
     assert_eq!(uri_sans(&rotated), vec!["spiffe://cluster.local/ns/bookinfo/sa/reviews".to_string()]);
     assert_eq!(serial(&rotated), serial(&certs(&cache.workload().unwrap().chain_pem)[0]));
     drop(proc);
@@ -236,14 +198,14 @@ fn base64_decode(b64: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn agent_binary_runs_and_supervises_envoy() {
-    let envoy = envoy_bin();
-    let bin = env!("CARGO_BIN_EXE_sailplane");
+    let envoy = envoy_bin().unwrap();
+    let bin = sailplane_bin().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let ca = TestCa::start(&ca_dir, CaOptions::default()).await;
     // The token comes from the CLI, signed with the key in the CA's directory.
     let token = dir.path().join("istio-token");
-    let status = Command::new(bin)
+    let status = Command::new(&bin)
         .args(["token", "create", "--namespace", "bookinfo", "--service-account", "reviews", "--ttl", "1h"])
         .arg("--ca-dir")
         .arg(&ca_dir)
@@ -255,11 +217,11 @@ async fn agent_binary_runs_and_supervises_envoy() {
     let root_file = dir.path().join("root-cert.pem");
     std::fs::write(&root_file, ca.root_pem()).unwrap();
 
-    let admin_port = free_port();
+    let admin_port = free_port().unwrap();
     let socket = dir.path().join("etc/istio/proxy/SDS");
     let bootstrap = dir.path().join("etc/istio/proxy/envoy-rev.yaml");
     let out_certs = dir.path().join("out");
-    let mut cmd = Command::new(bin);
+    let mut cmd = Command::new(&bin);
     cmd.arg("agent")
         .args(["--run-envoy", "--xds-tls", "--interception-mode", "NONE", "--admin-port", &admin_port.to_string()])
         // xDS to the CA's TLS port: the ADS call itself is not served there (yet), but the mTLS
@@ -282,17 +244,22 @@ async fn agent_binary_runs_and_supervises_envoy() {
         .env("ENVOY_BIN", &envoy)
         .env("SAILPLANE_LOG", "info,sailplane=debug")
         .env("NO_COLOR", "1");
-    let mut agent = spawn(cmd, &dir.path().join("agent.log"));
+    let mut agent = Proc::spawn("sailplane agent", cmd, &dir.path().join("agent.log")).unwrap();
 
     // Envoy got default and ROOTCA from the agent over SDS.
-    let dump = wait_async("envoy to hold the SDS secrets", WAIT, || async move {
-        let body = admin(admin_port, "GET", "/config_dump?resource=dynamic_active_secrets").await?;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let names: Vec<String> =
-            v["configs"].as_array()?.iter().filter_map(|s| s["name"].as_str().map(String::from)).collect();
-        (names.contains(&"default".to_string()) && names.contains(&"ROOTCA".to_string())).then_some(v)
-    })
-    .await;
+    let dump = eventually(
+        "envoy to hold the SDS secrets",
+        WAIT,
+        some_async(|| async move {
+            let body = admin(admin_port, "GET", "/config_dump?resource=dynamic_active_secrets").await?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let names: Vec<String> =
+                v["configs"].as_array()?.iter().filter_map(|s| s["name"].as_str().map(String::from)).collect();
+            (names.contains(&"default".to_string()) && names.contains(&"ROOTCA".to_string())).then_some(v)
+        }),
+    )
+    .await
+    .unwrap();
     let default = dump["configs"].as_array().unwrap().iter().find(|s| s["name"] == "default").unwrap();
     let chain_b64 = default["secret"]["tls_certificate"]["certificate_chain"]["inline_bytes"].as_str().unwrap();
     let chain = String::from_utf8(base64_decode(chain_b64)).unwrap();
@@ -311,35 +278,51 @@ async fn agent_binary_runs_and_supervises_envoy() {
     assert_eq!(key_mode & 0o777, 0o600);
 
     // Envoy completed mTLS to the secure port, verifying it with ROOTCA and the istiod SAN.
-    wait_async("an mTLS handshake on xds-grpc", WAIT, || async move {
-        let stats = admin(admin_port, "GET", "/stats?filter=cluster.xds-grpc.ssl.handshake").await?;
-        let n: u64 = stats.split(':').nth(1)?.trim().parse().ok()?;
-        (n >= 1).then_some(())
-    })
-    .await;
+    eventually(
+        "an mTLS handshake on xds-grpc",
+        WAIT,
+        some_async(|| async move {
+            let stats = admin(admin_port, "GET", "/stats?filter=cluster.xds-grpc.ssl.handshake").await?;
+            let n: u64 = stats.split(':').nth(1)?.trim().parse().ok()?;
+            (n >= 1).then_some(())
+        }),
+    )
+    .await
+    .unwrap();
     let boot = std::fs::read_to_string(&bootstrap).unwrap();
     assert!(boot.contains("reviews-v1") && boot.contains("sds-grpc"), "bootstrap written with POD_NAME:\n{boot}");
 
     // Envoy exits: the supervisor starts it again.
     admin(admin_port, "POST", "/quitquitquit").await.expect("quitquitquit");
-    wait_async(
+    eventually(
         "envoy to exit",
         WAIT,
-        || async move { admin(admin_port, "GET", "/ready").await.is_none().then_some(()) },
+        some_async(|| async move { admin(admin_port, "GET", "/ready").await.is_none().then_some(()) }),
     )
-    .await;
-    wait_async("envoy to be restarted", WAIT, || async move { admin(admin_port, "GET", "/ready").await.map(|_| ()) })
-        .await;
+    .await
+    .unwrap();
+    eventually(
+        "envoy to be restarted",
+        WAIT,
+        some_async(|| async move { admin(admin_port, "GET", "/ready").await.map(|_| ()) }),
+    )
+    .await
+    .unwrap();
     assert!(agent.log().contains("envoy exited"), "{}", agent.log());
 
     // SIGTERM stops the agent and its Envoy.
-    let pid = rustix::process::Pid::from_raw(i32::try_from(agent.child.id()).unwrap()).unwrap();
+    let pid = rustix::process::Pid::from_raw(i32::try_from(agent.child().id()).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let status = wait_async("the agent to exit", WAIT, || {
-        let s = agent.child.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    let status = eventually(
+        "the agent to exit",
+        WAIT,
+        some_async(|| {
+            let s = agent.child().try_wait().unwrap();
+            async move { s }
+        }),
+    )
+    .await
+    .unwrap();
     assert!(status.success(), "agent exit {status:?}\n{}", agent.log());
     assert!(admin(admin_port, "GET", "/ready").await.is_none(), "envoy stopped with the agent");
     assert!(!socket.exists(), "sds socket removed");
@@ -359,7 +342,7 @@ fn envoy_validates_the_agent_bootstraps() {
         args: AgentArgs,
     }
 
-    let envoy = envoy_bin();
+    let envoy = envoy_bin().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("SDS");
     for extra in [

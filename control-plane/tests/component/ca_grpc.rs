@@ -4,18 +4,16 @@
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] functions unwrap too
 
-mod ca_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use ca_support::*;
 use rustls::pki_types::ServerName;
 use sailplane::agent::ca_client::CaClientError;
 use sailplane::agent::keys::{self, KeyType};
 use sailplane::ca::CaOptions;
 use sailplane::tls;
 use sailplane_proto::istio::ca::IstioCertificateRequest;
+use sailplane_tests::ca::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::server::Connected;

@@ -5,67 +5,42 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod ca_support;
-mod mesh_support;
-
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mesh_support::{Discovery, WAIT, free_port, http_get, parse_http};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::ServerName;
+use sailplane_tests::ControlPlane;
+use sailplane_tests::control_plane::Launch;
+use sailplane_tests::http::{parse_response as parse_http, raw_get as http_get};
+use sailplane_tests::paths::{envoy_bin, sailplane_bin};
+use sailplane_tests::ports::free_port;
+use sailplane_tests::process::Proc;
+use sailplane_tests::wait::{eventually, some_async};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A child process killed on drop, with its log file.
-struct Proc {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Proc {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    /// SIGTERM first: the agent then stops the Envoy it supervises (a SIGKILL would orphan it).
-    fn drop(&mut self) {
-        if let Some(pid) = i32::try_from(self.child.id()).ok().and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long a test waits for something that must happen (generous: the machine is shared).
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Writes a token for `ns/sa` and the mesh root next to each other in `dir`.
-fn credentials(cp: &Discovery, dir: &Path, ns: &str, sa: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+fn credentials(cp: &ControlPlane, dir: &Path, ns: &str, sa: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let token = dir.join(format!("{ns}-{sa}.token"));
-    std::fs::write(&token, cp.token(ns, sa)).unwrap();
+    std::fs::write(&token, cp.token(ns, sa).unwrap()).unwrap();
     let root = dir.join("root-cert.pem");
-    std::fs::write(&root, cp.root_pem()).unwrap();
+    std::fs::write(&root, cp.root_pem().unwrap()).unwrap();
     (token, root)
 }
 
 /// `sailplane agent --run-envoy` for `ns/sa`, xDS over mTLS to the secure port.
-fn agent(cp: &Discovery, dir: &Path, name: &str, ns: &str, sa: &str, admin_port: u16, extra: &[&str]) -> Proc {
+fn agent(cp: &ControlPlane, dir: &Path, name: &str, ns: &str, sa: &str, admin_port: u16, extra: &[&str]) -> Proc {
     let (token, root) = credentials(cp, dir, ns, sa);
     let base = dir.join(name);
     std::fs::create_dir_all(&base).unwrap();
-    let log = base.join("agent.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sailplane"))
+    let mut cmd = Command::new(sailplane_bin().unwrap());
+    cmd
         .arg("agent")
         .args(["--run-envoy", "--interception-mode", "NONE", "--pod", name, "--namespace", ns, "--service-account", sa])
         .args(["--admin-port", &admin_port.to_string()])
@@ -82,31 +57,11 @@ fn agent(cp: &Discovery, dir: &Path, name: &str, ns: &str, sa: &str, admin_port:
         .env("CA_ADDR", cp.secure_address())
         .env("CA_ROOT_CA", &root)
         .env("SECRET_TTL", "1h")
-        .env("ENVOY_BIN", ca_support::envoy_bin())
+        .env("ENVOY_BIN", envoy_bin().unwrap())
         .env("SAILPLANE_LOG", "info,sailplane=debug")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    Proc { child, log }
-}
-
-/// Polls `check` every 200 ms until it returns `Some`, or panics after [`WAIT`] with `context()`.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-    context: impl Fn() -> String,
-) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", context());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        .env("NO_COLOR", "1");
+    // SIGTERM on drop: the agent then stops the Envoy it supervises (a SIGKILL would orphan it).
+    Proc::spawn(&format!("sailplane agent {name}"), cmd, &base.join("agent.log")).unwrap().terminate_first()
 }
 
 fn echo_service(port: u16) -> String {
@@ -155,9 +110,9 @@ async fn envoy_gets_its_config_over_mtls_on_the_secure_port(#[case] api: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(config.join("echo.yaml"), echo_service(free_port())).unwrap();
-    let cp = Discovery::start(&config, dir.path()).await;
-    let admin = free_port();
+    std::fs::write(config.join("echo.yaml"), echo_service(free_port().unwrap())).unwrap();
+    let cp = Launch::config(&config).args(["--debounce-after", "50ms"]).start().await.unwrap();
+    let admin = free_port().unwrap();
     let proxy = agent(&cp, dir.path(), "reviews-v1", "bookinfo", "reviews", admin, &["--xds-api", api]);
     let id = "sidecar~127.0.0.1~reviews-v1.bookinfo~bookinfo.svc.cluster.local";
     let context = || format!("--- agent ---\n{}\n--- discovery ---\n{}", proxy.log(), cp.log());
@@ -165,24 +120,26 @@ async fn envoy_gets_its_config_over_mtls_on_the_secure_port(#[case] api: &str) {
     // Envoy holds the mesh's cluster, which only ADS could have given it.
     eventually(
         "the echo cluster in envoy",
-        || async move {
+        WAIT,
+        some_async(|| async move {
             let (_, body) = http_get(admin, "/clusters").await?;
             body.contains("outbound|9080||echo.bookinfo.svc.cluster.local").then_some(())
-        },
-        context,
+        }),
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", context()));
     // The control plane saw the proxy on the secure port, with the certificate's identity, synced.
     let entry = eventually(
         "the proxy synced with its certificate identity",
-        || async {
-            let syncz = cp.syncz().await;
+        WAIT,
+        some_async(|| async {
+            let syncz = cp.syncz().await.ok()?;
             let e = syncz.as_array()?.iter().find(|e| e["proxy"] == id)?.clone();
             (e["cds"] == "SYNCED" && e["lds"] == "SYNCED").then_some(e)
-        },
-        context,
+        }),
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", context()));
     assert_eq!(entry["identity"], "spiffe://cluster.local/ns/bookinfo/sa/reviews");
     assert_eq!(entry["api"], api);
     // Over TLS: Envoy's xds-grpc cluster completed handshakes, and there is no plaintext path.
@@ -234,14 +191,14 @@ async fn gateway_terminates_https_with_a_credential_name_secret(#[case] api: &st
     let host = "bookinfo.example.com";
     let (ca_pem, cert_pem, key_pem) = server_cert(host);
     let (echo_port, _echo) = echo_backend().await;
-    let gw_port = free_port();
+    let gw_port = free_port().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(config.join("echo.yaml"), echo_service(echo_port)).unwrap();
     std::fs::write(
         config.join("secret.yaml"),
-        mesh_support::mk_secret(
+        sailplane_tests::fixtures::mk_secret(
             "istio-system",
             "bookinfo-cert",
             "kubernetes.io/tls",
@@ -283,8 +240,8 @@ spec:
         ),
     )
     .unwrap();
-    let cp = Discovery::start(&config, dir.path()).await;
-    let admin = free_port();
+    let cp = Launch::config(&config).args(["--debounce-after", "50ms"]).start().await.unwrap();
+    let admin = free_port().unwrap();
     let gw = agent(
         &cp,
         dir.path(),
@@ -299,18 +256,19 @@ spec:
     // Envoy got the secret over SDS on its ADS stream (not from the agent) and serves it.
     let (status, body) = eventually(
         "HTTPS through the gateway",
-        || {
+        WAIT,
+        some_async(|| {
             let ca = ca_pem.clone();
             async move { https_get(gw_port, host, &ca).await.ok() }
-        },
-        context,
+        }),
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", context()));
     assert_eq!((status, body.as_str()), (200, "echo-backend"), "{}", context());
     let (_, dump) = http_get(admin, "/config_dump?resource=dynamic_active_secrets").await.unwrap();
     assert!(dump.contains("kubernetes://bookinfo-cert"), "{dump}");
     // A client that trusts only the mesh root (not the Secret's CA) is refused: the certificate really
     // is the Secret's.
-    let refused = https_get(gw_port, host, &cp.root_pem()).await;
+    let refused = https_get(gw_port, host, &cp.root_pem().unwrap()).await;
     assert!(refused.is_err(), "{refused:?}");
 }

@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod webhook_support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -12,10 +10,10 @@ use sailplane::cli::analyze::analyze;
 use sailplane::sources::yaml::parse_documents;
 use sailplane::webhook::inject::InjectorConfig;
 use sailplane::webhook::{WebhookState, serve, tls};
+use sailplane_tests::webhook::{Trust, post};
 use sailplane_translator::diag::Severity;
 use sailplane_translator::validate::validate_set;
 use serde_json::{Value, json};
-use webhook_support::{Trust, post};
 
 async fn start() -> (std::net::SocketAddr, String) {
     let (config, pem) = tls::self_signed(&["istiod.istio-system.svc".to_string()]).unwrap();

@@ -1,19 +1,13 @@
 //! The CA's Kubernetes side against the fake API server: TokenReview authentication (allowed,
-//! refused, wrong audience, API down) directly and through the real `sailplane discovery
-//! --kubernetes` CA port; SubjectAccessReview answers; Lease leader election with two replicas; and
-//! the `istio-ca-root-cert` ConfigMaps written only by the leader.
+//! refused, wrong audience, API down); SubjectAccessReview answers; Lease leader election with two
+//! replicas; and the `istio-ca-root-cert` ConfigMaps written only by the leader. (The same through
+//! the real `sailplane discovery --kubernetes` CA port is in `tests/tests/e2e/kube_ca.rs`.)
 
 #![allow(clippy::unwrap_used)]
 
-mod fake_apiserver;
-
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fake_apiserver::FakeApiServer;
-use sailplane::agent::ca_client::{CaClient, CaClientError};
 use sailplane::agent::keys::{self, KeyType};
 use sailplane::ca::{Authority, CaOptions};
 use sailplane::identity::Identity;
@@ -24,22 +18,13 @@ use sailplane::kubernetes::review::{SubjectAccessReviewer, TokenReviewAuthentica
 use sailplane::kubernetes::rootcert::{ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY, RootCertPublisher};
 use sailplane::store::{ConfigEvent, Store};
 use sailplane::xds::sds::SecretAccess;
+use sailplane_tests::fake_apiserver::FakeApiServer;
+use sailplane_tests::wait::{eventually, some};
 use sailplane_translator::api::parse_object;
 use serde_json::json;
 use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn caller(ns: &str, sa: &str) -> Caller {
     Caller { namespace: ns.into(), service_account: sa.into() }
@@ -91,105 +76,6 @@ async fn subject_access_review_allows_and_denies() {
     assert!(matches!(sar.may_read_secrets(&gw, "istio-system").await, Err(AuthError::Unavailable { .. })));
 }
 
-/// `sailplane discovery --kubernetes` with its CA on a free port, killed on drop.
-struct Discovery {
-    child: Child,
-    port: u16,
-    ca_dir: PathBuf,
-    log: PathBuf,
-    _work: tempfile::TempDir,
-}
-
-impl Drop for Discovery {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        eprintln!("--- discovery log ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn start_discovery(fake: &FakeApiServer) -> Discovery {
-    let work = tempfile::tempdir().unwrap();
-    let kubeconfig = fake.write_kubeconfig(work.path());
-    let port = free_port();
-    let ca_dir = work.path().join("ca");
-    let log = work.path().join("discovery.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sailplane"))
-        .args(["discovery", "--kubernetes", "--listen-address", "127.0.0.1"])
-        .args(["--xds-port", &free_port().to_string(), "--monitoring-port", &free_port().to_string()])
-        .args(["--secure-port", &port.to_string(), "--webhook-port", "0"])
-        .arg("--ca-dir")
-        .arg(&ca_dir)
-        .env("KUBECONFIG", kubeconfig)
-        .env("POD_NAMESPACE", "istio-system")
-        .env("POD_NAME", "sailplane-0")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "secure port never opened:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        // An async sleep: the fake API server runs on this runtime and must keep answering.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Discovery { child, port, ca_dir, log, _work: work }
-}
-
-#[tokio::test]
-async fn the_ca_accepts_kubernetes_service_account_tokens() {
-    let fake = FakeApiServer::start_new().await;
-    fake.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "back-end"}}));
-    fake.add_token("pod-token", "back-end", "default", &["istio-ca"]);
-    let d = start_discovery(&fake).await;
-    // In Kubernetes the root lives in the istio-ca-secret Secret (created by this replica, the leader),
-    // not in --ca-dir.
-    assert!(!d.ca_dir.join("root-cert.pem").exists(), "no file root in Kubernetes mode");
-    let root = secret_text(&fake, ca_secret::SELF_SIGNED_SECRET, "root-cert.pem").expect("root in istio-ca-secret");
-    let client = CaClient::new(&format!("127.0.0.1:{}", d.port), &root, Some("istiod.istio-system.svc")).unwrap();
-    let identity = Identity {
-        trust_domain: "cluster.local".into(),
-        namespace: "back-end".into(),
-        service_account: "default".into(),
-    };
-    let csr = || keys::generate(KeyType::Ec, &identity).unwrap().csr_pem;
-
-    let chain = client.sign(csr(), Duration::from_secs(3600), "pod-token").await.unwrap();
-    assert!(chain.len() >= 2);
-    assert!(chain.last().unwrap().trim() == root.trim(), "the chain ends with the mesh root");
-
-    match client.sign(csr(), Duration::from_secs(3600), "forged").await {
-        Err(CaClientError::Call { status, .. }) => {
-            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}")
-        }
-        other => panic!("a forged token must be refused: {other:?}"),
-    }
-    fake.fail_reviews(true);
-    match client.sign(csr(), Duration::from_secs(3600), "pod-token").await {
-        Err(CaClientError::Call { status, .. }) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
-        other => panic!("with the API server failing the caller must be told to retry: {other:?}"),
-    }
-
-    // The leader (the only replica) published the root to the namespace.
-    eventually("the root cert configmap", || {
-        let cm = fake.get("ConfigMap", "back-end", ROOT_CERT_CONFIGMAP)?;
-        (cm["data"][ROOT_CERT_KEY].as_str()? == root).then_some(())
-    })
-    .await;
-    let lease = fake.get("Lease", "istio-system", "sailplane-leader").expect("the lease exists");
-    assert_eq!(lease["spec"]["holderIdentity"], "sailplane-0");
-}
-
 #[tokio::test]
 async fn exactly_one_replica_leads_and_another_takes_over() {
     let fake = FakeApiServer::start_new().await;
@@ -201,13 +87,18 @@ async fn exactly_one_replica_leads_and_another_takes_over() {
     };
     let (a, a_task) = elect("a");
     let (b, b_task) = elect("b");
-    let first = eventually("a leader", || match (*a.borrow(), *b.borrow()) {
-        (true, false) => Some("a"),
-        (false, true) => Some("b"),
-        (true, true) => panic!("two leaders"),
-        (false, false) => None,
-    })
-    .await;
+    let first = eventually(
+        "a leader",
+        WAIT,
+        some(|| match (*a.borrow(), *b.borrow()) {
+            (true, false) => Some("a"),
+            (false, true) => Some("b"),
+            (true, true) => panic!("two leaders"),
+            (false, false) => None,
+        }),
+    )
+    .await
+    .unwrap();
     // Stable: for a while, still exactly the same single leader.
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -217,7 +108,7 @@ async fn exactly_one_replica_leads_and_another_takes_over() {
     let (survivor, dead) = if first == "a" { (&b, a_task) } else { (&a, b_task) };
     dead.abort();
     let started = Instant::now();
-    eventually("the takeover", || survivor.borrow().then_some(())).await;
+    eventually("the takeover", WAIT, some(|| survivor.borrow().then_some(()))).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(1000), "not before the lease expired: {:?}", started.elapsed());
     let lease = fake.get("Lease", "istio-system", "sailplane-leader").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], if first == "a" { "b" } else { "a" });
@@ -246,19 +137,22 @@ async fn root_cert_configmaps_are_written_by_the_leader_only() {
 
     leader_tx.send(true).unwrap();
     let root_of = |ns: &str| fake.get("ConfigMap", ns, ROOT_CERT_CONFIGMAP).map(|c| c["data"][ROOT_CERT_KEY].clone());
-    eventually("configmaps in every namespace", || {
-        (root_of("front-end")? == "ROOT-PEM\n" && root_of("back-end")? == "ROOT-PEM\n").then_some(())
-    })
-    .await;
+    eventually(
+        "configmaps in every namespace",
+        WAIT,
+        some(|| (root_of("front-end")? == "ROOT-PEM\n" && root_of("back-end")? == "ROOT-PEM\n").then_some(())),
+    )
+    .await
+    .unwrap();
     assert!(root_of("kube-system").is_none(), "system namespaces are left alone");
 
     // A new namespace gets one at the next store change; a tampered one is repaired at the resync.
     store.apply(namespace("new-ns"));
-    eventually("the new namespace's configmap", || root_of("new-ns").map(|_| ())).await;
+    eventually("the new namespace's configmap", WAIT, some(|| root_of("new-ns").map(|_| ()))).await.unwrap();
     let mut cm = fake.get("ConfigMap", "back-end", ROOT_CERT_CONFIGMAP).unwrap();
     cm["data"][ROOT_CERT_KEY] = json!("tampered");
     fake.apply(cm);
-    eventually("the repair", || (root_of("back-end")? == "ROOT-PEM\n").then_some(())).await;
+    eventually("the repair", WAIT, some(|| (root_of("back-end")? == "ROOT-PEM\n").then_some(()))).await.unwrap();
     let writes = || fake.requests().iter().filter(|r| r.starts_with("POST") || r.starts_with("PUT")).count();
     let settled = writes();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -276,13 +170,6 @@ async fn root_cert_configmaps_are_written_by_the_leader_only() {
 fn b64(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-fn secret_text(fake: &FakeApiServer, name: &str, key: &str) -> Option<String> {
-    use base64::Engine as _;
-    let s = fake.get("Secret", "istio-system", name)?;
-    let data = base64::engine::general_purpose::STANDARD.decode(s["data"][key].as_str()?).ok()?;
-    String::from_utf8(data).ok()
 }
 
 #[tokio::test]
@@ -304,7 +191,9 @@ async fn the_leader_creates_one_root_in_a_secret_and_followers_and_restarts_use_
     let (_lead_tx, lead_rx) = watch::channel(true);
     let (leader, origin) = ca_secret::load_authority(&fake.client(), "istio-system", &options, lead_rx).await.unwrap();
     assert_eq!(origin, ca_secret::CaOrigin::SelfSignedCreated);
-    let stored = secret_text(&fake, ca_secret::SELF_SIGNED_SECRET, "ca-cert.pem").expect("root stored in the Secret");
+    let stored = fake
+        .secret_text("istio-system", ca_secret::SELF_SIGNED_SECRET, "ca-cert.pem")
+        .expect("root stored in the Secret");
     assert_eq!(stored.trim(), leader.root_pem().trim());
     let secret = fake.get("Secret", "istio-system", ca_secret::SELF_SIGNED_SECRET).unwrap();
     assert_eq!(secret["type"], ca_secret::SELF_SIGNED_SECRET_TYPE);

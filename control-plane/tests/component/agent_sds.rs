@@ -5,13 +5,10 @@
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] functions unwrap too
 
-mod ca_support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ca_support::*;
 use envoy_types::pb::envoy::config::core::v3::{DataSource, Node, data_source};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -24,6 +21,9 @@ use sailplane::agent::sds::SECRET_TYPE_URL;
 use sailplane::agent::secrets::SecretCache;
 use sailplane::agent::{Agent, CertManager, CertOptions};
 use sailplane::ca::CaOptions;
+use sailplane_tests::ca::*;
+use sailplane_tests::grpc::uds_channel;
+use sailplane_tests::wait::{eventually, some};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -206,7 +206,9 @@ async fn sotw_serves_default_and_rootca_and_pushes_rotations() {
 
     // OUTPUT_CERTS holds the same certificate and key.
     let out = s.output();
-    let files = eventually("OUTPUT_CERTS files", || std::fs::read_to_string(out.join("key.pem")).ok()).await;
+    let files = eventually("OUTPUT_CERTS files", WAIT, some(|| std::fs::read_to_string(out.join("key.pem")).ok()))
+        .await
+        .unwrap();
     assert_eq!(files, key1);
     assert_eq!(std::fs::read_to_string(out.join("cert-chain.pem")).unwrap(), chain1);
     assert_eq!(std::fs::read_to_string(out.join("root-cert.pem")).unwrap().trim(), s.ca.root_pem().trim());
@@ -226,11 +228,16 @@ async fn sotw_serves_default_and_rootca_and_pushes_rotations() {
     let (chain2, key2) = check_workload(&secrets, &s.ca.root_pem());
     assert_ne!(serial(&certs(&chain2)[0]), serial(&leaf1), "a new certificate");
     assert_ne!(key2, key1, "a new key per rotation");
-    let on_disk = eventually("OUTPUT_CERTS replaced", || {
-        let k = std::fs::read_to_string(out.join("key.pem")).ok()?;
-        (k == key2).then_some(k)
-    })
-    .await;
+    let on_disk = eventually(
+        "OUTPUT_CERTS replaced",
+        WAIT,
+        some(|| {
+            let k = std::fs::read_to_string(out.join("key.pem")).ok()?;
+            (k == key2).then_some(k)
+        }),
+    )
+    .await
+    .unwrap();
     assert_eq!(on_disk, key2);
     assert_eq!(std::fs::read_to_string(out.join("cert-chain.pem")).unwrap(), chain2);
     assert_eq!(mode(&out.join("key.pem")), 0o600);

@@ -4,72 +4,39 @@
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] functions unwrap too
 
-mod ca_support;
-
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use ca_support::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use sailplane::agent::ca_client::{CaClient, CaClientError};
 use sailplane::agent::keys::{self, KeyType};
 use sailplane::identity::Identity;
+use sailplane_tests::ControlPlane;
+use sailplane_tests::ca::{certs, lifetime, uri_sans, verify_chain};
+use sailplane_tests::control_plane::{Launch, Ready};
+use sailplane_tests::paths::sailplane_bin;
 
-struct Discovery {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Discovery {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(work: &Path, extra: &[&str]) -> Discovery {
+/// `sailplane discovery` on an empty config directory, the trust domain `example.org` from a mesh
+/// config, the CA state in `work/ca` (kept across restarts), once its secure port is up.
+async fn start(work: &Path, extra: &[&str]) -> ControlPlane {
     let config = work.join("config");
     std::fs::create_dir_all(&config).unwrap();
     let mesh = work.join("mesh.yaml");
     std::fs::write(&mesh, "trustDomain: example.org\n").unwrap();
-    let port = free_port();
-    let log = work.join(format!("discovery-{port}.log"));
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sailplane"))
-        .arg("discovery")
-        .arg("--config")
-        .arg(&config)
+    Launch::config(&config)
         .arg("--mesh-config")
         .arg(&mesh)
-        .args(["--listen-address", "127.0.0.1"])
-        .args(["--xds-port", &free_port().to_string(), "--monitoring-port", &free_port().to_string()])
-        .args(["--secure-port", &port.to_string()])
-        .arg("--ca-dir")
-        .arg(work.join("ca"))
+        .ca_dir(&work.join("ca"))
         .args(extra)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let d = Discovery { child, port, log };
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "secure port never opened:\n{}",
-            std::fs::read_to_string(&d.log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    d
+        .wait_for(Ready::SecurePort)
+        .start()
+        .await
+        .unwrap()
 }
 
 fn token(ca_dir: &Path, ns: &str, sa: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sailplane"))
+    let out = Command::new(sailplane_bin().unwrap())
         .args(["token", "create", "--namespace", ns, "--service-account", sa, "--ca-dir"])
         .arg(ca_dir)
         .output()
@@ -83,13 +50,13 @@ fn example_identity() -> Identity {
 }
 
 async fn sign(
-    d: &Discovery,
+    d: &ControlPlane,
     root: &str,
     server_name: Option<&str>,
     token: &str,
     ttl: Duration,
 ) -> Result<Vec<String>, CaClientError> {
-    let client = CaClient::new(&format!("127.0.0.1:{}", d.port), root, server_name).unwrap();
+    let client = CaClient::new(&d.secure_address(), root, server_name).unwrap();
     let csr = keys::generate(KeyType::Ec, &example_identity()).unwrap().csr_pem;
     client.sign(csr, ttl, token).await
 }
@@ -98,7 +65,7 @@ async fn sign(
 async fn secure_port_serves_the_ca_and_the_root_survives_restarts() {
     let work = tempfile::tempdir().unwrap();
     let ca_dir = work.path().join("ca");
-    let d = start(work.path(), &["--max-workload-cert-ttl", "2h", "--workload-cert-ttl", "1h"]);
+    let d = start(work.path(), &["--max-workload-cert-ttl", "2h", "--workload-cert-ttl", "1h"]).await;
     let root = std::fs::read_to_string(ca_dir.join("root-cert.pem")).unwrap();
     let tok = token(&ca_dir, "bookinfo", "reviews");
 
@@ -124,7 +91,7 @@ async fn secure_port_serves_the_ca_and_the_root_survives_restarts() {
     }
     drop(d);
 
-    let d = start(work.path(), &[]);
+    let d = start(work.path(), &[]).await;
     assert_eq!(std::fs::read_to_string(ca_dir.join("root-cert.pem")).unwrap(), root, "root kept across restarts");
     let chain =
         sign(&d, &root, None, &tok, Duration::from_secs(600)).await.expect("old root and old token still valid");
@@ -154,7 +121,7 @@ async fn plug_in_ca_signs_with_the_intermediate() {
     std::fs::write(cacerts.join("root-cert.pem"), root.pem()).unwrap();
     std::fs::write(cacerts.join("cert-chain.pem"), format!("{}{}", int.pem(), root.pem())).unwrap();
 
-    let d = start(work.path(), &["--cacerts", cacerts.to_str().unwrap()]);
+    let d = start(work.path(), &["--cacerts", cacerts.to_str().unwrap()]).await;
     let tok = token(&work.path().join("ca"), "bookinfo", "reviews");
     let chain = sign(&d, &root.pem(), Some("istiod.istio-system.svc"), &tok, Duration::from_secs(600)).await.unwrap();
     assert_eq!(chain.len(), 3, "leaf, intermediate, root");

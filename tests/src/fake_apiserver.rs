@@ -17,8 +17,7 @@
 //! [`FakeApiServer::stop`] / [`FakeApiServer::start`] restart it on the same port (state kept, as
 //! etcd keeps it), and [`FakeApiServer::requests`] tells which calls clients made.
 
-#![allow(dead_code)] // each test binary uses a different part of it
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test helpers fail the test on setup errors
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -287,6 +286,14 @@ impl FakeApiServer {
             name: name.into(),
         };
         st.objects.get(&key).cloned()
+    }
+
+    /// Key `key` of Secret `namespace/name`, base64-decoded as text, if it exists.
+    pub fn secret_text(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
+        use base64::Engine as _;
+        let s = self.get("Secret", namespace, name)?;
+        let data = base64::engine::general_purpose::STANDARD.decode(s["data"][key].as_str()?).ok()?;
+        String::from_utf8(data).ok()
     }
 
     /// From now on, changes are recorded but not streamed to open watches (as if the watches were

@@ -6,81 +6,23 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod fake_apiserver;
-mod webhook_support;
-
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
 
 use clap::Parser;
-use fake_apiserver::FakeApiServer;
 use sailplane::bootstrap::{BootstrapArgs, render};
+use sailplane_tests::control_plane::{Launch, Ready};
+use sailplane_tests::fake_apiserver::FakeApiServer;
+use sailplane_tests::http::raw_get as http_get;
+use sailplane_tests::paths::envoy_bin;
+use sailplane_tests::ports::free_port;
+use sailplane_tests::process::Proc;
+use sailplane_tests::wait::{eventually, some_async};
+use sailplane_tests::webhook::{self, Trust};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A child process killed on drop; its log is printed then (shown for failing tests).
-struct Proc {
-    child: Child,
-    log: PathBuf,
-    name: &'static str,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        eprintln!("--- {} log (last lines) ---\n{}", self.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-    }
-}
-
-fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Proc {
-    let out = std::fs::File::create(log).unwrap();
-    let err = out.try_clone().unwrap();
-    let child =
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-    Proc { child, log: log.to_path_buf(), name }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Envoy as the project finds it: `ENVOY_BIN`, the workspace's `.venv`, then `PATH`. Missing is a
-/// failure, never a skip.
-fn envoy_bin() -> PathBuf {
-    sailplane::agent::envoy::locate(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .unwrap_or_else(|| panic!("Envoy not found: set ENVOY_BIN, or run scripts/setup.sh to install it into .venv"))
-}
-
-/// A plain HTTP GET on loopback; `None` while nothing listens.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[derive(Parser)]
 struct BootstrapCli {
@@ -104,7 +46,7 @@ fn endpoints(clusters: &str, cluster: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_created_through_the_api_reach_envoy() {
-    let envoy = envoy_bin();
+    let envoy = envoy_bin().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let fake = FakeApiServer::start_new().await;
     fake.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo", "labels": {"istio-injection": "enabled"}}}));
@@ -114,27 +56,31 @@ async fn services_created_through_the_api_reach_envoy() {
     fake.delay_list("pods", Duration::from_secs(2));
     let kubeconfig = fake.write_kubeconfig(scratch.path());
 
-    let (xds, monitoring, webhook) = (free_port(), free_port(), free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sailplane"));
-    cmd.args(["discovery", "--kubernetes", "--listen-address", "127.0.0.1"])
-        .args(["--xds-port", &xds.to_string(), "--monitoring-port", &monitoring.to_string()])
-        .args(["--secure-port", "0", "--webhook-port", &webhook.to_string()])
+    let webhook = free_port().unwrap();
+    let cp = Launch::default()
+        .args(["--kubernetes", "--webhook-port", &webhook.to_string()])
+        .no_secure_port()
         .args(["--debounce-after", "20ms", "--debounce-max", "500ms"])
-        .arg("--ca-dir")
-        .arg(scratch.path().join("ca"))
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAMESPACE", "istio-system")
-        .env("SAILPLANE_LOG", "info,sailplane=debug");
-    let _cp = spawn("sailplane discovery", cmd, &scratch.path().join("discovery.log"));
+        .wait_for(Ready::Spawned)
+        .start()
+        .await
+        .unwrap();
+    let (xds, monitoring) = (cp.xds_port, cp.monitoring_port);
 
-    let (status, _) = eventually("the monitoring port", || http_get(monitoring, "/ready")).await;
+    let (status, _) =
+        eventually("the monitoring port", WAIT, some_async(|| http_get(monitoring, "/ready"))).await.unwrap();
     assert_eq!(status, 503, "not ready while the pods are still being listed");
-    eventually("readiness after the initial sync", || async {
-        http_get(monitoring, "/ready").await.filter(|(s, _)| *s == 200).map(|_| ())
-    })
-    .await;
+    eventually(
+        "readiness after the initial sync",
+        WAIT,
+        some_async(|| async { http_get(monitoring, "/ready").await.filter(|(s, _)| *s == 200).map(|_| ()) }),
+    )
+    .await
+    .unwrap();
 
-    let admin = free_port();
+    let admin = free_port().unwrap();
     let bootstrap_args = BootstrapCli::try_parse_from([
         "bootstrap",
         "--pod",
@@ -156,14 +102,17 @@ async fn services_created_through_the_api_reach_envoy() {
     std::fs::write(&bootstrap, render(&bootstrap_args).unwrap()).unwrap();
     let mut cmd = Command::new(&envoy);
     cmd.arg("-c").arg(&bootstrap).args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]);
-    let _envoy = spawn("envoy", cmd, &scratch.path().join("envoy.log"));
+    let _envoy = Proc::spawn("envoy", cmd, &scratch.path().join("envoy.log")).unwrap();
 
     const CLUSTER: &str = "outbound|80||web.demo.svc.cluster.local";
     let clusters = || async { http_get(admin, "/clusters").await.filter(|(s, _)| *s == 200).map(|(_, b)| b) };
-    eventually("envoy's admin and a first config", || async {
-        clusters().await.filter(|b| b.contains("xds-grpc::")).map(|_| ())
-    })
-    .await;
+    eventually(
+        "envoy's admin and a first config",
+        WAIT,
+        some_async(|| async { clusters().await.filter(|b| b.contains("xds-grpc::")).map(|_| ()) }),
+    )
+    .await
+    .unwrap();
     assert!(!clusters().await.unwrap().contains(CLUSTER));
 
     fake.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "demo"},
@@ -176,22 +125,33 @@ async fn services_created_through_the_api_reach_envoy() {
                "addressType": "IPv4", "endpoints": eps, "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
     };
     fake.apply(slice(&["10.1.0.1"]));
-    eventually("the service's cluster with its endpoint in envoy", || async {
-        clusters().await.filter(|b| endpoints(b, CLUSTER) == ["10.1.0.1:8080"]).map(|_| ())
-    })
-    .await;
+    eventually(
+        "the service's cluster with its endpoint in envoy",
+        WAIT,
+        some_async(|| async { clusters().await.filter(|b| endpoints(b, CLUSTER) == ["10.1.0.1:8080"]).map(|_| ()) }),
+    )
+    .await
+    .unwrap();
 
     fake.apply(slice(&["10.1.0.2", "10.1.0.3"]));
-    eventually("the new endpoints in envoy", || async {
-        clusters().await.filter(|b| endpoints(b, CLUSTER) == ["10.1.0.2:8080", "10.1.0.3:8080"]).map(|_| ())
-    })
-    .await;
+    eventually(
+        "the new endpoints in envoy",
+        WAIT,
+        some_async(|| async {
+            clusters().await.filter(|b| endpoints(b, CLUSTER) == ["10.1.0.2:8080", "10.1.0.3:8080"]).map(|_| ())
+        }),
+    )
+    .await
+    .unwrap();
 
     assert!(fake.delete("Service", "demo", "web"));
-    eventually("the cluster to leave envoy", || async {
-        clusters().await.filter(|b| !b.contains(CLUSTER)).map(|_| ())
-    })
-    .await;
+    eventually(
+        "the cluster to leave envoy",
+        WAIT,
+        some_async(|| async { clusters().await.filter(|b| !b.contains(CLUSTER)).map(|_| ()) }),
+    )
+    .await
+    .unwrap();
 
     // The binary's injection webhook sees the namespace label through the Kubernetes source and the
     // mesh's proxyMetadata from the ConfigMap.
@@ -200,8 +160,7 @@ async fn services_created_through_the_api_reach_envoy() {
         "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-", "labels": {"app": "web"}},
                    "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}});
     let addr: SocketAddr = format!("127.0.0.1:{webhook}").parse().unwrap();
-    let (status, answer) =
-        webhook_support::post(addr, "/inject", review.to_string().as_bytes(), webhook_support::Trust::Any).await;
+    let (status, answer) = webhook::post(addr, "/inject", review.to_string().as_bytes(), Trust::Any).await;
     assert_eq!(status, 200, "{answer}");
     let response = &answer["response"];
     assert_eq!(response["uid"], "e2e");

@@ -4,38 +4,25 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod fake_apiserver;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use fake_apiserver::{FakeApiServer, Served};
 use sailplane::metrics::Metrics;
 use sailplane::proxy::{ProxyInfo, node_metadata};
 use sailplane::push::{Debounce, Pusher};
 use sailplane::sources::kube::{KubeSource, KubeSourceOptions, SOURCE_NAME, origin_of, read_mesh_config};
 use sailplane::store::Store;
 use sailplane::xds::SnapshotSource;
+use sailplane_tests::fake_apiserver::{FakeApiServer, Served};
+use sailplane_tests::wait::{eventually, some};
 use sailplane_translator::TypeUrl;
 use sailplane_translator::api::Object;
 use sailplane_translator::model::{Labels, MeshConfig};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Polls `check` until it returns `Some`, or panics naming `what`.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn start_source(fake: &FakeApiServer, store: &Arc<Store>) -> tokio::task::JoinHandle<()> {
     let source = KubeSource::new(
@@ -182,9 +169,9 @@ async fn ready_only_after_every_kind_listed() {
     fake.delay_list("pods", Duration::from_millis(800));
     let store = Arc::new(Store::new([SOURCE_NAME]));
     let task = start_source(&fake, &store);
-    eventually("the service to arrive", || has(&store, "Service demo/web").then_some(())).await;
+    eventually("the service to arrive", WAIT, some(|| has(&store, "Service demo/web").then_some(()))).await.unwrap();
     assert!(!store.synced(), "pods are still being listed: not ready yet");
-    eventually("the initial sync", || store.synced().then_some(())).await;
+    eventually("the initial sync", WAIT, some(|| store.synced().then_some(()))).await.unwrap();
     // Every watched kind was listed once.
     for plural in [
         "namespaces",
@@ -213,12 +200,12 @@ async fn create_update_delete_of_every_kind_reach_the_store() {
     let fake = FakeApiServer::start_new().await;
     let store = Arc::new(Store::new([SOURCE_NAME]));
     let task = start_source(&fake, &store);
-    eventually("the initial sync", || store.synced().then_some(())).await;
+    eventually("the initial sync", WAIT, some(|| store.synced().then_some(()))).await.unwrap();
 
     let all = one_of_each();
     for (key, obj) in &all {
         fake.apply(obj.clone());
-        eventually(&format!("{key} created"), || has(&store, key).then_some(())).await;
+        eventually(&format!("{key} created"), WAIT, some(|| has(&store, key).then_some(()))).await.unwrap();
     }
     let view = store.view();
     assert!(view.diagnostics.is_empty(), "{:?}", view.diagnostics);
@@ -228,17 +215,20 @@ async fn create_update_delete_of_every_kind_reach_the_store() {
     fake.bookmark();
     for (key, obj) in &all {
         fake.apply(with_label(obj.clone(), "rev", "2"));
-        eventually(&format!("{key} updated"), || {
-            labels_of(&store, key).filter(|l| l.get("rev").map(String::as_str) == Some("2")).map(|_| ())
-        })
-        .await;
+        eventually(
+            &format!("{key} updated"),
+            WAIT,
+            some(|| labels_of(&store, key).filter(|l| l.get("rev").map(String::as_str) == Some("2")).map(|_| ())),
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(store.view().objects.len(), all.len(), "updates replace, never add");
 
     for (key, _) in &all {
         let (kind, ns, name) = kind_ns_name(key);
         assert!(fake.delete(&kind, &ns, &name));
-        eventually(&format!("{key} deleted"), || (!has(&store, key)).then_some(())).await;
+        eventually(&format!("{key} deleted"), WAIT, some(|| (!has(&store, key)).then_some(()))).await.unwrap();
     }
     assert!(store.view().objects.is_empty());
     task.abort();
@@ -259,7 +249,7 @@ async fn managed_fields_are_dropped_invalid_objects_become_diagnostics_and_other
                       "type": "Opaque", "data": {"cert": "Yw==", "key": "aw==", "cacert": "Yw=="}}));
     let store = Arc::new(Store::new([SOURCE_NAME]));
     let task = start_source(&fake, &store);
-    eventually("the initial sync", || store.synced().then_some(())).await;
+    eventually("the initial sync", WAIT, some(|| store.synced().then_some(()))).await.unwrap();
 
     let objs = objects(&store);
     let Object::Service(s) = &*objs["Service demo/web"] else { panic!("not a service") };
@@ -277,13 +267,18 @@ async fn managed_fields_are_dropped_invalid_objects_become_diagnostics_and_other
                       "metadata": {"name": "bad", "namespace": "demo"}, "spec": {"hosts": ["web"]}}));
     fake.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cred", "namespace": "demo"},
                       "type": "Opaque", "data": {"user": "dQ=="}}));
-    eventually("the fix and the secret change", || {
-        (has(&store, "VirtualService demo/bad")
-            && !has(&store, "Secret demo/cred")
-            && store.view().diagnostics.is_empty())
-        .then_some(())
-    })
-    .await;
+    eventually(
+        "the fix and the secret change",
+        WAIT,
+        some(|| {
+            (has(&store, "VirtualService demo/bad")
+                && !has(&store, "Secret demo/cred")
+                && store.view().diagnostics.is_empty())
+            .then_some(())
+        }),
+    )
+    .await
+    .unwrap();
     task.abort();
 }
 
@@ -309,30 +304,39 @@ async fn service_and_endpoint_slice_become_a_translated_cluster() {
     let pusher =
         Arc::new(Pusher::new(Arc::clone(&store), MeshConfig::default(), debounce, Arc::new(Metrics::unregistered())));
     let push_task = tokio::spawn(Arc::clone(&pusher).run());
-    eventually("the pusher to be ready", || pusher.ready().then_some(())).await;
+    eventually("the pusher to be ready", WAIT, some(|| pusher.ready().then_some(()))).await.unwrap();
     let rx = pusher.connect(&proxy("client-1", "demo", "client"));
     const CLUSTER: &str = "outbound|80||web.demo.svc.cluster.local";
     assert!(rx.borrow().resources.get(TypeUrl::Cluster, CLUSTER).is_none());
 
     fake.apply(service("demo", "web", 80));
     fake.apply(endpoint_slice("demo", "web", &["10.1.0.1", "10.1.0.2"]));
-    eventually("the cluster and its endpoints", || {
-        let snap = rx.borrow();
-        let cla = snap.resources.get(TypeUrl::Endpoint, CLUSTER)?;
-        let decoded = <envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(
-            cla.value_bytes(),
-        )
-        .ok()?;
-        let n: usize = decoded.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
-        (snap.resources.get(TypeUrl::Cluster, CLUSTER).is_some() && n == 2).then_some(())
-    })
-    .await;
+    eventually(
+        "the cluster and its endpoints",
+        WAIT,
+        some(|| {
+            let snap = rx.borrow();
+            let cla = snap.resources.get(TypeUrl::Endpoint, CLUSTER)?;
+            let decoded =
+                <envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(
+                    cla.value_bytes(),
+                )
+                .ok()?;
+            let n: usize = decoded.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
+            (snap.resources.get(TypeUrl::Cluster, CLUSTER).is_some() && n == 2).then_some(())
+        }),
+    )
+    .await
+    .unwrap();
 
     assert!(fake.delete("Service", "demo", "web"));
-    eventually("the cluster to go away", || {
-        rx.borrow().resources.get(TypeUrl::Cluster, CLUSTER).is_none().then_some(())
-    })
-    .await;
+    eventually(
+        "the cluster to go away",
+        WAIT,
+        some(|| rx.borrow().resources.get(TypeUrl::Cluster, CLUSTER).is_none().then_some(())),
+    )
+    .await
+    .unwrap();
     push_task.abort();
     task.abort();
 }
@@ -360,7 +364,7 @@ async fn watch_expiry_relists_without_losing_or_duplicating() {
     }
     let store = Arc::new(Store::new([SOURCE_NAME]));
     let task = start_source(&fake, &store);
-    eventually("the initial sync", || store.synced().then_some(())).await;
+    eventually("the initial sync", WAIT, some(|| store.synced().then_some(()))).await.unwrap();
     assert_eq!(keys_of_kind(&store, "Service"), ["Service demo/a", "Service demo/b", "Service demo/c"]);
     let lists_before = fake.list_count("services");
 
@@ -373,18 +377,23 @@ async fn watch_expiry_relists_without_losing_or_duplicating() {
     assert!(has(&store, "Service demo/b"), "paused: nothing delivered yet");
     fake.expire();
 
-    eventually("the re-list to converge", || {
-        (keys_of_kind(&store, "Service") == ["Service demo/a", "Service demo/c", "Service demo/d"]
-            && labels_of(&store, "Service demo/a").and_then(|l| l.get("rev").cloned()).as_deref() == Some("2"))
-        .then_some(())
-    })
-    .await;
+    eventually(
+        "the re-list to converge",
+        WAIT,
+        some(|| {
+            (keys_of_kind(&store, "Service") == ["Service demo/a", "Service demo/c", "Service demo/d"]
+                && labels_of(&store, "Service demo/a").and_then(|l| l.get("rev").cloned()).as_deref() == Some("2"))
+            .then_some(())
+        }),
+    )
+    .await
+    .unwrap();
     assert!(fake.list_count("services") > lists_before, "the 410 made the watcher list again");
     assert_no_duplicates(&store);
 
     // And the new watch streams changes again.
     fake.apply(service("demo", "e", 80));
-    eventually("a change after the re-list", || has(&store, "Service demo/e").then_some(())).await;
+    eventually("a change after the re-list", WAIT, some(|| has(&store, "Service demo/e").then_some(()))).await.unwrap();
     task.abort();
 }
 
@@ -396,7 +405,7 @@ async fn api_server_restart_loses_nothing() {
     }
     let store = Arc::new(Store::new([SOURCE_NAME]));
     let task = start_source(&fake, &store);
-    eventually("the initial sync", || store.synced().then_some(())).await;
+    eventually("the initial sync", WAIT, some(|| store.synced().then_some(()))).await.unwrap();
 
     // A restart with the history intact: watches resume from their version and replay.
     fake.stop().await;
@@ -404,10 +413,13 @@ async fn api_server_restart_loses_nothing() {
     fake.apply(service("demo", "c", 80));
     tokio::time::sleep(Duration::from_millis(300)).await;
     fake.start().await;
-    eventually("resume after restart", || {
-        (keys_of_kind(&store, "Service") == ["Service demo/b", "Service demo/c"]).then_some(())
-    })
-    .await;
+    eventually(
+        "resume after restart",
+        WAIT,
+        some(|| (keys_of_kind(&store, "Service") == ["Service demo/b", "Service demo/c"]).then_some(())),
+    )
+    .await
+    .unwrap();
     assert_no_duplicates(&store);
 
     // A restart that lost the history (compaction while down): resume gets 410, the watchers list
@@ -418,10 +430,13 @@ async fn api_server_restart_loses_nothing() {
     fake.compact();
     let lists_before = fake.list_count("services");
     fake.start().await;
-    eventually("re-list after restart", || {
-        (keys_of_kind(&store, "Service") == ["Service demo/c", "Service demo/d"]).then_some(())
-    })
-    .await;
+    eventually(
+        "re-list after restart",
+        WAIT,
+        some(|| (keys_of_kind(&store, "Service") == ["Service demo/c", "Service demo/d"]).then_some(())),
+    )
+    .await
+    .unwrap();
     assert!(fake.list_count("services") > lists_before);
     assert_no_duplicates(&store);
     assert!(store.synced());
@@ -441,7 +456,7 @@ async fn istio_kinds_are_watched_at_a_served_version() {
                       "metadata": {"name": "default", "namespace": "demo"}, "spec": {"mtls": {"mode": "STRICT"}}}));
     let store = Arc::new(Store::new([SOURCE_NAME]));
     let task = start_source(&fake, &store);
-    eventually("the initial sync", || store.synced().then_some(())).await;
+    eventually("the initial sync", WAIT, some(|| store.synced().then_some(()))).await.unwrap();
     assert!(has(&store, "VirtualService demo/r"));
     assert!(has(&store, "PeerAuthentication demo/default"));
     let reqs = fake.requests();
@@ -453,7 +468,7 @@ async fn istio_kinds_are_watched_at_a_served_version() {
     let fake = FakeApiServer::start_new().await;
     let store = Arc::new(Store::new([SOURCE_NAME]));
     let task = start_source(&fake, &store);
-    eventually("the initial sync", || store.synced().then_some(())).await;
+    eventually("the initial sync", WAIT, some(|| store.synced().then_some(()))).await.unwrap();
     let reqs = fake.requests();
     assert!(reqs.iter().any(|r| r.starts_with("GET /apis/networking.istio.io/v1/virtualservices?")), "{reqs:?}");
     assert!(
@@ -468,7 +483,7 @@ async fn istio_kinds_are_watched_at_a_served_version() {
     fake.apply(service("demo", "web", 80));
     let store = Arc::new(Store::new([SOURCE_NAME]));
     let task = start_source(&fake, &store);
-    eventually("the initial sync without istio CRDs", || store.synced().then_some(())).await;
+    eventually("the initial sync without istio CRDs", WAIT, some(|| store.synced().then_some(()))).await.unwrap();
     assert!(has(&store, "Service demo/web"));
     task.abort();
 }
