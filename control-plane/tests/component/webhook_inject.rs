@@ -7,7 +7,7 @@
 //! - `<case>.pod.json`: the pod after applying the patch (only when patched).
 //!
 //! Regenerate after an intended change with `SAILPLANE_REGENERATE=1 cargo test -p sailplane --test
-//! webhook_inject`, and review the diff. Namespaces known to the webhook in these cases: `injected`
+//! component webhook_inject`, and review the diff. Namespaces known to the webhook in these cases: `injected`
 //! (`istio-injection=enabled`), `plain` (no label) and `disabled` (`istio-injection=disabled`); any
 //! other namespace is unknown to it.
 
