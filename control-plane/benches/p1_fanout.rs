@@ -214,9 +214,7 @@ fn serve(args: &Args) {
         let mut generation = 1;
         let set = cluster_set(args.clusters, generation);
         let bytes = set.encoded_len();
-        let snapshot = |set: ResourceSet, push: u64| {
-            Arc::new(Snapshot { resources: Arc::new(set), push, changed_at: Instant::now() })
-        };
+        let snapshot = |set: ResourceSet, push: u64| Arc::new(Snapshot::new(Arc::new(set), push, Instant::now()));
         let (tx, _) = watch::channel(snapshot(set, 0));
         let source = Arc::new(OneSnapshot(tx));
         let server = XdsServer::from_parts(

@@ -42,8 +42,7 @@ pub struct TestSource {
 impl TestSource {
     /// A source serving `set` (push 0).
     pub fn new(set: ResourceSet) -> Arc<TestSource> {
-        let (tx, _) =
-            watch::channel(Arc::new(Snapshot { resources: Arc::new(set), push: 0, changed_at: Instant::now() }));
+        let (tx, _) = watch::channel(Arc::new(Snapshot::new(Arc::new(set), 0, Instant::now())));
         Arc::new(TestSource {
             tx,
             push: AtomicUsize::new(0),
@@ -56,7 +55,7 @@ impl TestSource {
     /// Publishes a new snapshot to every connected proxy.
     pub fn set(&self, set: ResourceSet) {
         let push = self.push.fetch_add(1, Ordering::SeqCst) as u64 + 1;
-        self.tx.send_replace(Arc::new(Snapshot { resources: Arc::new(set), push, changed_at: Instant::now() }));
+        self.tx.send_replace(Arc::new(Snapshot::new(Arc::new(set), push, Instant::now())));
     }
 
     /// The resources published last.

@@ -20,12 +20,13 @@
 pub mod api;
 pub mod diag;
 pub mod envoy;
+pub mod incremental;
 pub mod model;
 pub mod names;
 pub mod resources;
 pub mod validate;
 
 pub use diag::Diagnostic;
-pub use envoy::{build, static_bootstrap};
+pub use envoy::{Part, Translation, build, build_part, static_bootstrap};
 pub use model::{ProxyProfile, World};
 pub use resources::{Resource, ResourceSet, TypeUrl};

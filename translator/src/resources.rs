@@ -5,7 +5,6 @@
 //! re-encode. The version of a resource is a hash of those bytes, so re-translating identical config
 //! yields identical versions and pushes nothing.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -296,8 +295,11 @@ impl Resource {
     }
 }
 
-/// Resources of one type, by name.
-pub type ResourceMap = BTreeMap<String, Arc<Resource>>;
+/// Resources of one type, by name: a persistent map, so a clone is O(1) and an edited copy shares
+/// every unchanged node with the original. Proxy classes that differ in a few resources (their
+/// inbound side, one changed endpoint assignment) share the rest of the map, not only the encoded
+/// bytes.
+pub type ResourceMap = imbl::OrdMap<String, Arc<Resource>>;
 
 /// Everything one proxy should hold, per type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -314,6 +316,39 @@ impl ResourceSet {
     /// Adds (or replaces) a resource of type `t`.
     pub fn insert(&mut self, t: TypeUrl, r: Resource) {
         self.by_type[t].insert(r.name.clone(), Arc::new(r));
+    }
+
+    /// Adds (or replaces) an already shared resource of type `t`.
+    pub fn insert_shared(&mut self, t: TypeUrl, r: Arc<Resource>) {
+        self.by_type[t].insert(r.name.clone(), r);
+    }
+
+    /// Removes the resource of type `t` named `name`, if present.
+    pub fn remove(&mut self, t: TypeUrl, name: &str) -> Option<Arc<Resource>> {
+        self.by_type[t].remove(name)
+    }
+
+    /// Adds every resource of `other` (replacing same-named ones). The maps are persistent, so the
+    /// result shares all of `self`'s unchanged nodes.
+    pub fn extend_from(&mut self, other: &ResourceSet) {
+        for (t, map) in other.by_type.iter() {
+            if map.is_empty() {
+                continue;
+            }
+            if self.by_type[t].is_empty() {
+                self.by_type[t] = map.clone();
+                continue;
+            }
+            for (name, r) in map {
+                self.by_type[t].insert(name.clone(), Arc::clone(r));
+            }
+        }
+    }
+
+    /// Whether type `t` of `self` and `other` is the same map (not merely equal): a clone that was
+    /// not edited since. O(1); `false` says nothing about equality.
+    pub fn same_map(&self, other: &ResourceSet, t: TypeUrl) -> bool {
+        self.by_type[t].ptr_eq(&other.by_type[t])
     }
 
     /// Encodes and adds a message.
@@ -338,7 +373,7 @@ impl ResourceSet {
 
     /// Total number of resources.
     pub fn len(&self) -> usize {
-        self.by_type.values().map(BTreeMap::len).sum()
+        self.by_type.values().map(ResourceMap::len).sum()
     }
 
     /// Whether the set holds nothing.

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sailplane_translator::ResourceSet;
+use sailplane_translator::resources::PerType;
 use tokio::sync::watch;
 
 use crate::proxy::ProxyInfo;
@@ -73,6 +74,59 @@ pub struct Snapshot {
     pub push: u64,
     /// When the change that led to this snapshot was first seen (for convergence time).
     pub changed_at: Instant,
+    /// How `resources` differs from the resources sent before it on the same channel, when the
+    /// push stage knows: a stream that holds exactly `changes.from` for a type need only look at
+    /// the names listed for it.
+    pub changes: Option<Arc<Changes>>,
+}
+
+impl Snapshot {
+    /// A snapshot of `resources` without change information.
+    pub fn new(resources: Arc<ResourceSet>, push: u64, changed_at: Instant) -> Snapshot {
+        Snapshot { resources, push, changed_at, changes: None }
+    }
+}
+
+/// The difference between two resource sets, per type.
+#[derive(Debug, Clone)]
+pub struct Changes {
+    /// The resources these changes apply to.
+    pub from: Arc<ResourceSet>,
+    /// Per type: `None` if the type's resources are unchanged, else every name added, changed or
+    /// removed, sorted.
+    pub names: PerType<Option<Vec<String>>>,
+}
+
+impl Changes {
+    /// The changes from `from` to `to`: O(1) for types whose maps are shared, a walk of both maps
+    /// for the others.
+    pub fn between(from: &Arc<ResourceSet>, to: &ResourceSet) -> Changes {
+        let names = PerType::from_fn(|t| {
+            if from.same_map(to, t) {
+                return None;
+            }
+            let (a, b) = (from.of(t), to.of(t));
+            let mut changed = Vec::new();
+            for (name, r) in b {
+                if a.get(name).is_none_or(|old| old.version != r.version) {
+                    changed.push(name.clone());
+                }
+            }
+            for name in a.keys() {
+                if !b.contains_key(name) {
+                    changed.push(name.clone());
+                }
+            }
+            changed.sort_unstable();
+            (!changed.is_empty()).then_some(changed)
+        });
+        Changes { from: Arc::clone(from), names }
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.names.values().all(Option::is_none)
+    }
 }
 
 /// What the xDS server asks of the rest of the control plane.

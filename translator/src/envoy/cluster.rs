@@ -100,30 +100,36 @@ pub struct EdsTarget<'a> {
 /// with an AUTO_PASSTHROUGH server (`sni_dnat`) also get the SNI-named clusters of mesh services.
 pub fn build_clusters<'c>(ctx: &'c Ctx<'_>, set: &mut ResourceSet, sni_dnat: bool) -> Vec<EdsTarget<'c>> {
     let mut eds = Vec::with_capacity(ctx.services.len());
-    for (i, svc) in ctx.services.iter().enumerate() {
-        let rule = ctx.service_rule(i);
-        let spec = rule.map(|r| r.spec.as_ref());
-        let config_path = rule.map(|r| r.primary().config_path());
-        for port in &svc.ports {
-            service_clusters(ctx, svc, port, spec, config_path.as_deref(), ClusterMode::Outbound, &mut eds, set);
-            if sni_dnat && svc.location == Location::MeshInternal {
-                service_clusters(ctx, svc, port, spec, config_path.as_deref(), ClusterMode::SniDnat, &mut eds, set);
+    if ctx.part.outbound() {
+        for (i, svc) in ctx.services.iter().enumerate() {
+            let rule = ctx.service_rule(i);
+            let spec = rule.map(|r| r.spec.as_ref());
+            let config_path = rule.map(|r| r.primary().config_path());
+            for port in &svc.ports {
+                service_clusters(ctx, svc, port, spec, config_path.as_deref(), ClusterMode::Outbound, &mut eds, set);
+                if sni_dnat && svc.location == Location::MeshInternal {
+                    service_clusters(ctx, svc, port, spec, config_path.as_deref(), ClusterMode::SniDnat, &mut eds, set);
+                }
             }
         }
+        let blackhole = blackhole_cluster();
+        set.add(TypeUrl::Cluster, blackhole.name.clone(), &blackhole);
     }
-    let blackhole = blackhole_cluster();
-    set.add(TypeUrl::Cluster, blackhole.name.clone(), &blackhole);
     if ctx.proxy.node_type == NodeType::Router {
         // Gateways have no original-destination listeners, so no passthrough clusters.
         return eds;
     }
-    let passthrough = passthrough_cluster(names::PASSTHROUGH_CLUSTER);
-    set.add(TypeUrl::Cluster, passthrough.name.clone(), &passthrough);
-    for c in inbound_clusters(ctx) {
-        c.add_to(set);
+    if ctx.part.outbound() {
+        let passthrough = passthrough_cluster(names::PASSTHROUGH_CLUSTER);
+        set.add(TypeUrl::Cluster, passthrough.name.clone(), &passthrough);
+        let inbound_passthrough = inbound_passthrough_cluster();
+        set.add(TypeUrl::Cluster, inbound_passthrough.name.clone(), &inbound_passthrough);
     }
-    let inbound_passthrough = inbound_passthrough_cluster();
-    set.add(TypeUrl::Cluster, inbound_passthrough.name.clone(), &inbound_passthrough);
+    if ctx.part.inbound() {
+        for c in inbound_clusters(ctx) {
+            c.add_to(set);
+        }
+    }
     eds
 }
 

@@ -21,7 +21,7 @@ use super::cluster::EdsTarget;
 use super::wire;
 use crate::model::{Endpoint, Labels, Resolution, Service, ServicePort};
 use crate::names;
-use crate::resources::{ResourceSet, TypeUrl};
+use crate::resources::{Resource, ResourceSet, TypeUrl};
 
 /// Filter metadata key Envoy matches `transport_socket_matches` against.
 pub const TRANSPORT_SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";
@@ -36,19 +36,66 @@ pub enum EndpointFilter {
 }
 
 /// Adds the `ClusterLoadAssignment` of every EDS cluster of the proxy (default and subset
-/// clusters alike: a subset's endpoints are those carrying all its labels).
+/// clusters alike: a subset's endpoints are those carrying all its labels), and returns what each
+/// was built from.
 ///
 /// EDS is the most frequently pushed type, so assignments are written straight to protobuf wire
 /// format ([`encode_locality_endpoints`]), the same bytes prost would produce from the structs
 /// [`locality_lb_endpoints`] builds, without building them.
-pub fn build_endpoints(targets: &[EdsTarget<'_>], set: &mut ResourceSet) {
+pub fn build_endpoints(targets: &[EdsTarget<'_>], set: &mut ResourceSet) -> Vec<EdsKey> {
     let mut buf = Vec::new();
+    let mut keys = Vec::with_capacity(targets.len());
     for t in targets {
-        buf.clear();
-        encode_locality_endpoints(t.service, t.port, t.labels, &mut buf);
-        let head = ClusterLoadAssignment { cluster_name: t.name.clone(), ..Default::default() };
-        set.add_with_fields(TypeUrl::Endpoint, t.name.clone(), &head, &buf);
+        set.insert(TypeUrl::Endpoint, encode_assignment(&t.name, t.service, t.port, t.labels, &mut buf));
+        keys.push(EdsKey {
+            name: t.name.clone(),
+            hostname: t.service.hostname.clone(),
+            namespace: t.service.namespace.clone(),
+            port: t.port.port,
+            port_name: t.port.name.clone(),
+            labels: t.labels.cloned(),
+        });
     }
+    keys
+}
+
+/// Everything a `ClusterLoadAssignment` is built from besides its service's endpoints: with the
+/// service, [`assignment`] rebuilds it exactly as [`build_endpoints`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EdsKey {
+    /// The cluster (and EDS service) name.
+    pub name: String,
+    /// The service's host.
+    pub hostname: String,
+    /// The service's namespace.
+    pub namespace: String,
+    /// The service port's number.
+    pub port: u16,
+    /// The service port's name.
+    pub port_name: String,
+    /// Subset labels endpoints must carry.
+    pub labels: Option<Labels>,
+}
+
+/// The `ClusterLoadAssignment` of `key` from `service` (the service `key` names, in the current
+/// world); `None` if the service no longer has that port.
+pub fn assignment(key: &EdsKey, service: &Service) -> Option<Resource> {
+    let port = service.ports.iter().find(|p| p.port == key.port && p.name == key.port_name)?;
+    let mut buf = Vec::new();
+    Some(encode_assignment(&key.name, service, port, key.labels.as_ref(), &mut buf))
+}
+
+fn encode_assignment(
+    name: &str,
+    service: &Service,
+    port: &ServicePort,
+    labels: Option<&Labels>,
+    buf: &mut Vec<u8>,
+) -> Resource {
+    buf.clear();
+    encode_locality_endpoints(service, port, labels, buf);
+    let head = ClusterLoadAssignment { cluster_name: name.to_string(), ..Default::default() };
+    Resource::encode_with_fields(name, &head, buf)
 }
 
 /// Field numbers of the messages [`encode_locality_endpoints`] writes.

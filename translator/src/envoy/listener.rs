@@ -63,12 +63,17 @@ pub(crate) const ALL_ISTIO_MTLS_ALPNS: [&str; 5] =
 /// Adds the proxy's listeners to `set` and returns the RDS names they reference.
 pub fn build_listeners(ctx: &Ctx<'_>, set: &mut ResourceSet) -> BTreeSet<String> {
     let mut routes = BTreeSet::new();
-    for l in outbound_listeners(ctx, &mut routes) {
-        set.add(TypeUrl::Listener, l.name.clone(), &l);
+    let redirect = ctx.proxy.interception != InterceptionMode::None;
+    if ctx.part.outbound() {
+        for l in outbound_listeners(ctx, &mut routes) {
+            set.add(TypeUrl::Listener, l.name.clone(), &l);
+        }
+        if redirect {
+            let vo = virtual_outbound_listener(ctx);
+            set.add(TypeUrl::Listener, vo.name.clone(), &vo);
+        }
     }
-    if ctx.proxy.interception != InterceptionMode::None {
-        let vo = virtual_outbound_listener(ctx);
-        set.add(TypeUrl::Listener, vo.name.clone(), &vo);
+    if ctx.part.inbound() && redirect {
         let vi = virtual_inbound_listener(ctx, &InboundTls::for_proxy(ctx));
         set.add(TypeUrl::Listener, vi.name.clone(), &vi);
     }

@@ -45,6 +45,30 @@ use crate::resources::{ResourceSet, TypeUrl};
 
 pub use bootstrap::{BootstrapError, static_bootstrap};
 
+/// Which side of a proxy's configuration a translation produces (see [`crate::model::classes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// Everything.
+    All,
+    /// Sidecars: clusters, endpoints, route configurations and listeners except the inbound ones.
+    /// Gateways: everything.
+    Outbound,
+    /// Sidecars: the `inbound|…` clusters and `virtualInbound`. Gateways: nothing.
+    Inbound,
+}
+
+impl Part {
+    /// Whether the outbound side is built.
+    pub const fn outbound(self) -> bool {
+        matches!(self, Part::All | Part::Outbound)
+    }
+
+    /// Whether the inbound side is built.
+    pub const fn inbound(self) -> bool {
+        matches!(self, Part::All | Part::Inbound)
+    }
+}
+
 /// Everything a builder needs about one translation: the world, the proxy, the services and
 /// VirtualServices that proxy can see (oldest first, then by hostname, the order istiod resolves
 /// conflicts in), and the DestinationRule of each visible service.
@@ -54,6 +78,8 @@ pub struct Ctx<'a> {
     pub world: &'a World,
     /// The proxy being configured.
     pub proxy: &'a ProxyProfile,
+    /// The side being built.
+    pub part: Part,
     /// Mesh settings.
     pub mesh: &'a MeshConfig,
     /// The proxy's Sidecar resource (sidecars only).
@@ -78,10 +104,18 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     /// The context for `proxy` in `world`.
     pub fn new(world: &'a World, proxy: &'a ProxyProfile) -> Self {
+        Self::for_part(world, proxy, Part::All)
+    }
+
+    /// The context for building `part` of `proxy`'s configuration. The inbound side of a sidecar
+    /// needs none of the visible services, VirtualServices and DestinationRules, so they are left
+    /// empty for it (and found in O(1) instead of O(services)).
+    pub fn for_part(world: &'a World, proxy: &'a ProxyProfile, part: Part) -> Self {
         let ns = proxy.namespace.as_str();
         let scope = scope::Scope::new(world, proxy);
-        let mut vs_visible = vec![false; world.config.virtual_services.len()];
-        let virtual_services: Vec<&'a VirtualServiceConfig> = if proxy.node_type == NodeType::Sidecar {
+        let outbound = part.outbound() || proxy.node_type == NodeType::Router;
+        let mut vs_visible = vec![false; if outbound { world.config.virtual_services.len() } else { 0 }];
+        let virtual_services: Vec<&'a VirtualServiceConfig> = if proxy.node_type == NodeType::Sidecar && outbound {
             world
                 .config
                 .index
@@ -106,6 +140,7 @@ impl<'a> Ctx<'a> {
         }
         let mut services: Vec<&'a Service> = world
             .visible_services(ns)
+            .filter(|_| outbound)
             .map(|s| s.as_ref())
             .filter(|s| scope.imports_service(s) || destinations.contains(s.hostname.as_str()))
             .collect();
@@ -129,6 +164,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             world,
             proxy,
+            part,
             mesh: &world.mesh,
             outbound_policy: scope.outbound_policy(world.mesh.outbound_traffic_policy),
             scope,
@@ -240,8 +276,13 @@ impl<'a> Ctx<'a> {
         let Some(name) = &port.target_port_name else {
             return Some(port.port);
         };
-        // A named target port resolves per pod: use an endpoint or pod that looks like this proxy.
-        let same = |labels: &crate::model::Labels, ns: &str| ns == self.proxy.namespace && *labels == self.proxy.labels;
+        // A named target port resolves per pod: use an endpoint or pod that looks like this proxy to
+        // the inbound side's selectors (its inbound class, see `model::classes`).
+        let keys = crate::model::LabelKeys::of(self.world).inbound;
+        let own = crate::model::classes::project(&self.proxy.labels, &keys);
+        let same = |labels: &crate::model::Labels, ns: &str| {
+            ns == self.proxy.namespace && crate::model::classes::project(labels, &keys) == own
+        };
         svc.endpoints
             .iter()
             .find(|e| same(&e.labels, &e.namespace))
@@ -271,9 +312,29 @@ pub struct InboundTarget<'a> {
 
 /// Translates the world for one proxy.
 pub fn build(world: &World, proxy: &ProxyProfile) -> ResourceSet {
-    let ctx = Ctx::new(world, proxy);
+    build_part(world, proxy, Part::All).set
+}
+
+/// One side of a proxy's translated configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Translation {
+    /// The encoded resources.
+    pub set: ResourceSet,
+    /// What each `ClusterLoadAssignment` in `set` was built from, so one can be rebuilt alone when
+    /// only its service's endpoints change ([`endpoint::assignment`]).
+    pub eds: Vec<endpoint::EdsKey>,
+}
+
+/// Translates `part` of the configuration of `proxy`. [`build`] is `build_part(.., Part::All)`; the
+/// outbound and inbound parts are disjoint and together equal it.
+pub fn build_part(world: &World, proxy: &ProxyProfile, part: Part) -> Translation {
+    if proxy.node_type == NodeType::Router && !part.outbound() {
+        return Translation::default();
+    }
+    let ctx = Ctx::for_part(world, proxy, part);
     let gateway = (!ctx.is_sidecar()).then(|| gateway::merge(&ctx));
     let mut set = ResourceSet::new();
+    let mut keys = Vec::new();
     let mut eds = Vec::new();
     let mut route_names = BTreeSet::new();
     // One builder per type, in push order: CDS hands EDS the clusters that need endpoints, LDS hands
@@ -285,7 +346,7 @@ pub fn build(world: &World, proxy: &ProxyProfile) -> ResourceSet {
                 let sni_dnat = gateway.as_ref().is_some_and(|g| g.auto_passthrough);
                 eds = cluster::build_clusters(&ctx, &mut set, sni_dnat);
             }
-            (TypeUrl::Endpoint, _) => endpoint::build_endpoints(&eds, &mut set),
+            (TypeUrl::Endpoint, _) => keys = endpoint::build_endpoints(&eds, &mut set),
             (TypeUrl::Listener, None) => route_names = listener::build_listeners(&ctx, &mut set),
             (TypeUrl::Listener, Some(merged)) => gateway::build_listeners(&ctx, merged, &mut set),
             (TypeUrl::Route, None) => route::build_routes(&ctx, &route_names, &mut set),
@@ -294,7 +355,7 @@ pub fn build(world: &World, proxy: &ProxyProfile) -> ResourceSet {
             (TypeUrl::Secret, _) => {}
         }
     }
-    set
+    Translation { set, eds: keys }
 }
 
 /// Packs a message into an `Any`.

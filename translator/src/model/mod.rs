@@ -3,6 +3,8 @@
 //! A [`World`] is built once per change from the typed objects of every source ([`world`]) and
 //! shared read-only (behind an `Arc`) by every translation.
 
+pub mod change;
+pub mod classes;
 pub mod config;
 pub mod host;
 pub mod mtls;
@@ -12,6 +14,8 @@ pub mod world;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+pub use change::WorldChange;
+pub use classes::LabelKeys;
 pub use proxy::{InterceptionMode, NodeType, ProxyProfile};
 
 use crate::diag::Diagnostic;
