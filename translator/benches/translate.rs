@@ -20,8 +20,11 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use sailplane_translator::api::{Object, parse_object};
 use sailplane_translator::envoy::{Ctx, cluster, endpoint, listener, route};
-use sailplane_translator::model::{MeshConfig, build_world};
-use sailplane_translator::{ProxyProfile, ResourceSet, TypeUrl, build};
+use std::sync::Arc;
+
+use sailplane_translator::incremental::{Assignments, compose, patch_endpoints};
+use sailplane_translator::model::{LabelKeys, MeshConfig, WorldChange, build_world};
+use sailplane_translator::{Part, ProxyProfile, ResourceSet, TypeUrl, build, build_part};
 use serde_json::json;
 
 const SERVICES: usize = 1000;
@@ -163,9 +166,63 @@ fn bench(c: &mut Criterion) {
     });
 }
 
+/// The per-class costs of the push stage: one outbound translation serves every sidecar of a
+/// namespace, one inbound translation every pod of a Deployment, and an endpoint change patches
+/// each outbound class's assignments.
+fn classes(c: &mut Criterion) {
+    let mesh = MeshConfig::default();
+    let objects = mesh_objects(None);
+    let (world, _) = build_world(&objects, &mesh);
+    let keys = LabelKeys::of(&world);
+    let proxy = ProxyProfile {
+        namespace: "ns-0".into(),
+        labels: [("app".to_string(), "svc-0000".to_string()), ("version".to_string(), "v1".to_string())]
+            .into_iter()
+            .collect(),
+        ..ProxyProfile::default()
+    };
+    let (out_class, in_class) = (proxy.outbound_class(&keys), proxy.inbound_class(&keys));
+    let outbound = Arc::new(build_part(&world, &out_class, Part::Outbound));
+    let inbound = build_part(&world, &in_class, Part::Inbound);
+    eprintln!(
+        "classes: outbound {} resources ({} bytes), inbound {} resources ({} bytes)",
+        outbound.set.len(),
+        outbound.set.encoded_len(),
+        inbound.set.len(),
+        inbound.set.encoded_len()
+    );
+    c.bench_function("p3_class_outbound", |b| b.iter(|| build_part(&world, &out_class, Part::Outbound)));
+    c.bench_function("p3_class_inbound", |b| b.iter(|| build_part(&world, &in_class, Part::Inbound)));
+    c.bench_function("p3_class_compose", |b| b.iter(|| compose(&outbound, &inbound)));
+
+    // One pod of service 500 gets a new IP: an endpoint-only change.
+    let moved: Vec<Object> = (0..SERVICES)
+        .flat_map(|i| {
+            let mut v = service_objects(i, 0);
+            if i == 500 {
+                v[1]["status"]["podIP"] = json!("10.250.0.1");
+            }
+            v
+        })
+        .map(|v| parse_object(v).unwrap())
+        .collect();
+    let (after, _) = build_world(&moved, &mesh);
+    c.bench_function("p3_world_change_detect", |b| b.iter(|| WorldChange::between(&world, &after)));
+    let WorldChange::Endpoints(changed) = WorldChange::between(&world, &after) else { panic!("not endpoints-only") };
+    c.bench_function("p3_endpoint_patch_per_class", |b| {
+        b.iter(|| {
+            let assignments = Assignments::new(&after);
+            patch_endpoints(&outbound, &changed, &assignments)
+        })
+    });
+    let patched = patch_endpoints(&outbound, &changed, &Assignments::new(&after));
+    assert!(!Arc::ptr_eq(&patched, &outbound));
+    assert_eq!(compose(&patched, &inbound), build(&after, &proxy));
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench
+    targets = bench, classes
 }
 criterion_main!(benches);

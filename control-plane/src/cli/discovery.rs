@@ -50,8 +50,10 @@ pub struct DiscoveryArgs {
     /// Push once config has been quiet this long (PILOT_DEBOUNCE_AFTER).
     #[arg(long, env = "PILOT_DEBOUNCE_AFTER", default_value = "100ms", value_parser = parse_duration)]
     pub debounce_after: Duration,
-    /// Push at the latest this long after the first change (PILOT_DEBOUNCE_MAX).
-    #[arg(long, env = "PILOT_DEBOUNCE_MAX", default_value = "10s", value_parser = parse_duration)]
+    /// Push at the latest this long after the first change (PILOT_DEBOUNCE_MAX). istiod's default is
+    /// 10 s; Sailplane's equals the quiet window, so the first change of a burst opens a fixed
+    /// 100 ms batch and sustained churn cannot hold pushes back (a push costs what it changes).
+    #[arg(long, env = "PILOT_DEBOUNCE_MAX", default_value = "100ms", value_parser = parse_duration)]
     pub debounce_max: Duration,
     /// CA state directory: the self-signed root (created on first start and kept, so a restart keeps
     /// the mesh's trust) and the key that signs `sailplane token create` tokens. Relative paths are

@@ -30,6 +30,7 @@ pub use status::{SentResources, StatusRegistry, SyncState, TypeStatus};
 use std::sync::Arc;
 use std::time::Instant;
 
+use imbl::ordmap::DiffItem;
 use sailplane_translator::ResourceSet;
 use sailplane_translator::resources::PerType;
 use tokio::sync::watch;
@@ -98,26 +99,23 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// The changes from `from` to `to`: O(1) for types whose maps are shared, a walk of both maps
-    /// for the others.
+    /// The changes from `from` to `to`: O(1) for types whose maps are shared, and for the others
+    /// proportional to what differs (plus a walk over the parts the maps do not share).
     pub fn between(from: &Arc<ResourceSet>, to: &ResourceSet) -> Changes {
         let names = PerType::from_fn(|t| {
             if from.same_map(to, t) {
                 return None;
             }
-            let (a, b) = (from.of(t), to.of(t));
-            let mut changed = Vec::new();
-            for (name, r) in b {
-                if a.get(name).is_none_or(|old| old.version != r.version) {
-                    changed.push(name.clone());
-                }
-            }
-            for name in a.keys() {
-                if !b.contains_key(name) {
-                    changed.push(name.clone());
-                }
-            }
-            changed.sort_unstable();
+            // The maps are persistent: the diff skips the nodes they share, so a patched map costs
+            // what was patched, not its size.
+            let changed: Vec<String> = from
+                .of(t)
+                .diff(to.of(t))
+                .map(|d| match d {
+                    DiffItem::Add(name, _) | DiffItem::Remove(name, _) => name.clone(),
+                    DiffItem::Update { new: (name, _), .. } => name.clone(),
+                })
+                .collect();
             (!changed.is_empty()).then_some(changed)
         });
         Changes { from: Arc::clone(from), names }
