@@ -71,7 +71,7 @@ pub fn patch_endpoints(
     assignments: &Assignments<'_>,
 ) -> Arc<Translation> {
     let mut next: Option<Translation> = None;
-    for key in &previous.eds {
+    for key in previous.eds.iter() {
         if !changed.iter().any(|(ns, host)| *ns == key.namespace && *host == key.hostname) {
             continue;
         }

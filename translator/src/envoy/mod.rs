@@ -321,8 +321,9 @@ pub struct Translation {
     /// The encoded resources.
     pub set: ResourceSet,
     /// What each `ClusterLoadAssignment` in `set` was built from, so one can be rebuilt alone when
-    /// only its service's endpoints change ([`endpoint::assignment`]).
-    pub eds: Vec<endpoint::EdsKey>,
+    /// only its service's endpoints change ([`endpoint::assignment`]). Shared: a patched
+    /// translation keeps the list of the one it was patched from.
+    pub eds: std::sync::Arc<Vec<endpoint::EdsKey>>,
 }
 
 /// Translates `part` of the configuration of `proxy`. [`build`] is `build_part(.., Part::All)`; the
@@ -355,7 +356,7 @@ pub fn build_part(world: &World, proxy: &ProxyProfile, part: Part) -> Translatio
             (TypeUrl::Secret, _) => {}
         }
     }
-    Translation { set, eds: keys }
+    Translation { set, eds: std::sync::Arc::new(keys) }
 }
 
 /// Packs a message into an `Any`.
