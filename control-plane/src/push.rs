@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use sailplane_translator::incremental::{Assignments, compose, patch_endpoints};
+use sailplane_translator::incremental::{Assignments, compose, update};
 use sailplane_translator::model::{LabelKeys, MeshConfig, WorldChange, build_world};
 use sailplane_translator::{Diagnostic, Part, ProxyProfile, ResourceSet, Translation, TypeUrl, World};
 use tokio::sync::watch;
@@ -256,14 +256,11 @@ impl Pusher {
         }));
         let targets: Vec<(ProxyProfile, watch::Sender<Arc<Snapshot>>)> =
             lock(&self.profiles).iter().map(|(p, e)| (p.clone(), e.tx.clone())).collect();
-        let reuse = match &change {
-            WorldChange::Same if keys == old.keys => Reuse::All,
-            WorldChange::Endpoints(services) if keys == old.keys => Reuse::Patch(services),
-            _ => Reuse::None,
-        };
+        // Classes of worlds with different label keys are not comparable.
+        let change = if keys == old.keys { change } else { WorldChange::Other };
         let next = Translations { world: Arc::clone(&world), keys, push, ..Translations::default() };
         let classes: HashSet<ClassKey> = targets.iter().map(|(p, _)| next.class_of(p)).collect();
-        let next = self.translate(next, &old, &reuse, classes, changed_at);
+        let next = self.translate(next, &old, &change, classes, changed_at);
         let next = Arc::new(next);
         self.translations.store(Arc::clone(&next));
         let mut changed = 0usize;
@@ -281,7 +278,7 @@ impl Pusher {
         info!(
             push,
             services = world.services.len(),
-            change = reuse.describe(),
+            change = describe(&change),
             profiles = targets.len(),
             classes = next.classes.len(),
             outbound_classes = next.outbound.len(),
@@ -292,12 +289,12 @@ impl Pusher {
         );
     }
 
-    /// Fills `next` with the translations of `classes`, reusing what `reuse` allows from `old`.
+    /// Fills `next` with the translations of `classes`, reusing what `change` allows from `old`.
     fn translate(
         &self,
         next: Translations,
         old: &Translations,
-        reuse: &Reuse<'_>,
+        change: &WorldChange,
         classes: HashSet<ClassKey>,
         changed_at: Instant,
     ) -> Translations {
@@ -306,14 +303,11 @@ impl Pusher {
         let world = Arc::clone(&next.world);
         let assignments = Assignments::new(&world);
         let side = |profile: &ProxyProfile, part: Part, previous: Option<&Arc<Translation>>| -> Arc<Translation> {
-            match (reuse, previous) {
-                (Reuse::All, Some(p)) => Arc::clone(p),
-                (Reuse::Patch(changed), Some(p)) => patch_endpoints(p, changed, &assignments),
-                _ => {
-                    self.metrics.translations.inc();
-                    Arc::new(sailplane_translator::build_part(&world, profile, part))
-                }
+            let t = update(&world, profile, part, previous, change, &assignments);
+            if !previous.is_some_and(|p| Arc::ptr_eq(p, &t)) {
+                self.metrics.translations.inc();
             }
+            t
         };
         let jobs: Vec<(&ProxyProfile, Part)> =
             outbound.iter().map(|p| (*p, Part::Outbound)).chain(inbound.iter().map(|p| (*p, Part::Inbound))).collect();
@@ -393,23 +387,13 @@ impl Pusher {
     }
 }
 
-/// What a push may keep from the previous translations.
-enum Reuse<'a> {
-    /// Nothing changed.
-    All,
-    /// Only the endpoints of these services changed.
-    Patch(&'a std::collections::BTreeSet<(String, String)>),
-    /// Translate again.
-    None,
-}
-
-impl Reuse<'_> {
-    fn describe(&self) -> &'static str {
-        match self {
-            Reuse::All => "none",
-            Reuse::Patch(_) => "endpoints",
-            Reuse::None => "full",
-        }
+/// The kind of change, for the push log line.
+fn describe(change: &WorldChange) -> &'static str {
+    match change {
+        WorldChange::Same => "none",
+        WorldChange::Endpoints(_) => "endpoints",
+        WorldChange::Routes => "routes",
+        WorldChange::Other => "full",
     }
 }
 

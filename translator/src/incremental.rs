@@ -10,10 +10,42 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use crate::envoy::Translation;
 use crate::envoy::endpoint::{self, EdsKey};
-use crate::model::{Service, World};
+use crate::envoy::scope::Scope;
+use crate::envoy::{Part, Translation, build_part};
+use crate::model::{NodeType, ProxyProfile, Service, World, WorldChange};
 use crate::resources::{Resource, ResourceSet, TypeUrl};
+
+/// The translation of `part` (`Outbound` or `Inbound`) for `class` in `world`, from `previous` (the
+/// same class and part translated for the previous world) where `change` (previous world to
+/// `world`) allows. The caller passes [`WorldChange::Other`] when the label keys of the two worlds
+/// differ (classes are not comparable then) or there is no previous world.
+pub fn update(
+    world: &World,
+    class: &ProxyProfile,
+    part: Part,
+    previous: Option<&Arc<Translation>>,
+    change: &WorldChange,
+    assignments: &Assignments<'_>,
+) -> Arc<Translation> {
+    let Some(previous) = previous else { return Arc::new(build_part(world, class, part)) };
+    match change {
+        WorldChange::Same => Arc::clone(previous),
+        WorldChange::Endpoints(changed) => patch_endpoints(previous, changed, assignments),
+        // The inbound side reads no VirtualService.
+        WorldChange::Routes if part == Part::Inbound => Arc::clone(previous),
+        // Clusters depend on VirtualServices only through a Sidecar's imports (their destinations
+        // are imported); gateways are few and translated whole.
+        WorldChange::Routes if class.node_type == NodeType::Sidecar && Scope::new(world, class).sidecar.is_none() => {
+            let routes = build_part(world, class, Part::Routes);
+            let mut set = previous.set.clone();
+            set.replace_type(TypeUrl::Listener, &routes.set);
+            set.replace_type(TypeUrl::Route, &routes.set);
+            Arc::new(Translation { set, eds: Arc::clone(&previous.eds) })
+        }
+        _ => Arc::new(build_part(world, class, part)),
+    }
+}
 
 /// A proxy class's resources: its outbound side with its inbound side added. The two are
 /// disjoint, and the maps persistent, so the result shares the outbound side's maps but for the

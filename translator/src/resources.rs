@@ -328,6 +328,11 @@ impl ResourceSet {
         self.by_type[t].remove(name)
     }
 
+    /// Replaces every resource of type `t` with those of `other` (an O(1) map copy).
+    pub fn replace_type(&mut self, t: TypeUrl, other: &ResourceSet) {
+        self.by_type[t] = other.by_type[t].clone();
+    }
+
     /// Adds every resource of `other` (replacing same-named ones). The maps are persistent, so the
     /// result shares all of `self`'s unchanged nodes.
     pub fn extend_from(&mut self, other: &ResourceSet) {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use sailplane_translator::api::{Object, parse_object};
-use sailplane_translator::incremental::{Assignments, compose, patch_endpoints};
+use sailplane_translator::incremental::{Assignments, compose, update};
 use sailplane_translator::model::{LabelKeys, MeshConfig, NodeType, WorldChange, build_world};
 use sailplane_translator::{Part, ProxyProfile, ResourceSet, Translation, TypeUrl, World, build, build_part};
 use serde_json::{Value, json};
@@ -30,8 +30,10 @@ enum Obj {
     Pod { i: u8, p: u8, v2: bool, ip: u8, ready: bool },
     /// DestinationRule for service `i`, in namespace `ns`, optionally with a workloadSelector.
     DestinationRule { i: u8, ns: u8, selector: Option<u8>, max_conn: u8 },
-    /// VirtualService for service `i`: a split, optionally matched on source labels.
-    VirtualService { i: u8, weight: u8, source: Option<u8> },
+    /// VirtualService for service `i`: a split over the subsets of service `to` (maybe in another
+    /// namespace: a Sidecar then imports it through the VirtualService), optionally matched on source
+    /// labels.
+    VirtualService { i: u8, weight: u8, source: Option<u8>, to: u8 },
     /// PeerAuthentication in namespace `ns`, optionally selecting `app: s<sel>`.
     PeerAuthentication { ns: u8, selector: Option<u8>, strict: bool },
     /// Sidecar in namespace `ns`, optionally selecting `app: s<sel>`, importing only its namespace.
@@ -85,12 +87,13 @@ impl Obj {
                 vec![json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
                     "metadata": {"name": format!("dr{i}"), "namespace": NAMESPACES[usize::from(ns) % 2]}, "spec": spec})]
             }
-            Obj::VirtualService { i, weight, source } => {
+            Obj::VirtualService { i, weight, source, to } => {
                 let host = format!("s{i}.{}.svc.cluster.local", ns_of(i));
+                let dest = format!("s{to}.{}.svc.cluster.local", ns_of(to));
                 let w = u32::from(weight % 101);
                 let mut http = json!({"route": [
-                    {"destination": {"host": host, "subset": "v1"}, "weight": w},
-                    {"destination": {"host": host, "subset": "v2"}, "weight": 100 - w}]});
+                    {"destination": {"host": dest, "subset": "v1"}, "weight": w},
+                    {"destination": {"host": dest, "subset": "v2"}, "weight": 100 - w}]});
                 if let Some(s) = source {
                     http["match"] = json!([{"sourceLabels": {"app": format!("s{s}")}}]);
                 }
@@ -147,11 +150,8 @@ fn obj() -> impl Strategy<Value = Obj> {
         }),
         (s.clone(), 0..2u8, proptest::option::of(0..SERVICES), 0..3u8)
             .prop_map(|(i, ns, selector, max_conn)| Obj::DestinationRule { i, ns, selector, max_conn }),
-        (s.clone(), 0..100u8, proptest::option::of(0..SERVICES)).prop_map(|(i, weight, source)| Obj::VirtualService {
-            i,
-            weight,
-            source
-        }),
+        (s.clone(), 0..100u8, proptest::option::of(0..SERVICES), 0..SERVICES)
+            .prop_map(|(i, weight, source, to)| Obj::VirtualService { i, weight, source, to }),
         (0..2u8, proptest::option::of(0..SERVICES), any::<bool>())
             .prop_map(|(ns, selector, strict)| Obj::PeerAuthentication { ns, selector, strict }),
         (0..2u8, proptest::option::of(0..SERVICES)).prop_map(|(ns, selector)| Obj::Sidecar { ns, selector }),
@@ -168,6 +168,9 @@ enum Step {
     Delete(usize),
     /// Move a pod: a new IP or readiness (the endpoint churn the incremental path exists for).
     Churn { i: u8, p: u8, ip: u8, ready: bool },
+    /// Change a VirtualService's split and destination, keeping its source labels (a routes-only
+    /// change).
+    Reweight { i: u8, weight: u8, to: u8 },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -175,6 +178,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => obj().prop_map(Step::Put),
         1 => any::<usize>().prop_map(Step::Delete),
         4 => (0..SERVICES, 0..3u8, 1..6u8, any::<bool>()).prop_map(|(i, p, ip, ready)| Step::Churn { i, p, ip, ready }),
+        2 => (0..SERVICES, 0..100u8, 0..SERVICES).prop_map(|(i, weight, to)| Step::Reweight { i, weight, to }),
     ]
 }
 
@@ -225,22 +229,25 @@ struct Caches {
     keys: LabelKeys,
     outbound: BTreeMap<ProxyProfile, Arc<Translation>>,
     inbound: BTreeMap<ProxyProfile, Arc<Translation>>,
+    /// How often each kind of change was seen (to show the incremental paths are exercised).
+    seen: BTreeMap<String, usize>,
 }
 
 /// Brings `caches` to `world` the way the push stage does and returns each proxy's composed set.
 fn incremental(caches: &mut Caches, world: World, proxies: &[ProxyProfile]) -> Vec<ResourceSet> {
-    let change = WorldChange::between(&caches.world, &world);
     let keys = LabelKeys::of(&world);
+    let change = if keys == caches.keys { WorldChange::between(&caches.world, &world) } else { WorldChange::Other };
+    *caches.seen.entry(format!("{change:?}").split('(').next().unwrap_or_default().to_string()).or_default() += 1;
     let world = Arc::new(world);
-    let reuse = keys == caches.keys;
     let assignments = Assignments::new(&world);
-    let mut next = Caches { world: Arc::clone(&world), keys: keys.clone(), ..Caches::default() };
+    let mut next = Caches {
+        world: Arc::clone(&world),
+        keys: keys.clone(),
+        seen: std::mem::take(&mut caches.seen),
+        ..Caches::default()
+    };
     let side = |p: ProxyProfile, part: Part, old: Option<&Arc<Translation>>| -> Arc<Translation> {
-        match (&change, old) {
-            (WorldChange::Same, Some(o)) if reuse => Arc::clone(o),
-            (WorldChange::Endpoints(changed), Some(o)) if reuse => patch_endpoints(o, changed, &assignments),
-            _ => Arc::new(build_part(&world, &p, part)),
-        }
+        update(&world, &p, part, old, &change, &assignments)
     };
     let mut out = Vec::new();
     for p in proxies {
@@ -288,38 +295,61 @@ fn check(caches: &mut Caches, objects: &BTreeMap<String, Obj>, proxies: &[ProxyP
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-
-    #[test]
-    fn incremental_translation_equals_translation_from_scratch(
-        initial in proptest::collection::vec(obj(), 4..16),
-        steps in proptest::collection::vec(step(), 1..12),
-    ) {
-        let proxies = proxies();
-        let mut objects: BTreeMap<String, Obj> = initial.into_iter().map(|o| (o.key(), o)).collect();
-        // Every service has its pods, so churn has endpoints to move.
-        for i in 0..SERVICES {
-            objects.entry(format!("svc/{i}")).or_insert(Obj::Service { i, ports: 1, named: false });
-        }
-        let mut caches = Caches::default();
-        check(&mut caches, &objects, &proxies)?;
-        for s in steps {
-            match s {
-                Step::Put(o) => { objects.insert(o.key(), o); }
-                Step::Delete(n) => {
-                    if let Some(k) = objects.keys().nth(n % objects.len().max(1)).cloned() {
-                        objects.remove(&k);
-                    }
-                }
-                Step::Churn { i, p, ip, ready } => {
-                    let v2 = matches!(objects.get(&format!("pod/{i}/{p}")), Some(Obj::Pod { v2: true, .. }));
-                    let o = Obj::Pod { i, p, v2, ip, ready };
-                    objects.insert(o.key(), o);
+/// Runs one generated case: the initial mesh, then each step, checking after every one.
+fn run_case(initial: Vec<Obj>, steps: Vec<Step>, seen: &mut BTreeMap<String, usize>) -> Result<(), TestCaseError> {
+    let proxies = proxies();
+    let mut objects: BTreeMap<String, Obj> = initial.into_iter().map(|o| (o.key(), o)).collect();
+    // Every service exists, so churn and route edits have something to act on.
+    for i in 0..SERVICES {
+        objects.entry(format!("svc/{i}")).or_insert(Obj::Service { i, ports: 1, named: false });
+    }
+    let mut caches = Caches::default();
+    check(&mut caches, &objects, &proxies)?;
+    for s in steps {
+        match s {
+            Step::Put(o) => {
+                objects.insert(o.key(), o);
+            }
+            Step::Delete(n) => {
+                if let Some(k) = objects.keys().nth(n % objects.len().max(1)).cloned() {
+                    objects.remove(&k);
                 }
             }
-            check(&mut caches, &objects, &proxies)?;
+            Step::Churn { i, p, ip, ready } => {
+                let v2 = matches!(objects.get(&format!("pod/{i}/{p}")), Some(Obj::Pod { v2: true, .. }));
+                let o = Obj::Pod { i, p, v2, ip, ready };
+                objects.insert(o.key(), o);
+            }
+            Step::Reweight { i, weight, to } => {
+                let source = match objects.get(&format!("vs/{i}")) {
+                    Some(Obj::VirtualService { source, .. }) => *source,
+                    _ => None,
+                };
+                let o = Obj::VirtualService { i, weight, source, to };
+                objects.insert(o.key(), o);
+            }
         }
+        check(&mut caches, &objects, &proxies)?;
+    }
+    for (k, n) in std::mem::take(&mut caches.seen) {
+        *seen.entry(k).or_default() += n;
+    }
+    Ok(())
+}
+
+#[test]
+fn incremental_translation_equals_translation_from_scratch() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 48, ..ProptestConfig::default() });
+    let seen = std::cell::RefCell::new(BTreeMap::new());
+    let strategy = (proptest::collection::vec(obj(), 4..16), proptest::collection::vec(step(), 1..12));
+    let result = runner.run(&strategy, |(initial, steps)| run_case(initial, steps, &mut seen.borrow_mut()));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // Every kind of change was exercised, the incremental ones included.
+    let seen = seen.into_inner();
+    for kind in ["Same", "Endpoints", "Routes", "Other"] {
+        assert!(seen.get(kind).copied().unwrap_or(0) > 0, "no {kind} change in the generated cases: {seen:?}");
     }
 }
 

@@ -55,12 +55,15 @@ pub enum Part {
     Outbound,
     /// Sidecars: the `inbound|…` clusters and `virtualInbound`. Gateways: nothing.
     Inbound,
+    /// Sidecars: the outbound listeners and route configurations only (what a VirtualService
+    /// change rebuilds). Gateways: everything.
+    Routes,
 }
 
 impl Part {
     /// Whether the outbound side is built.
     pub const fn outbound(self) -> bool {
-        matches!(self, Part::All | Part::Outbound)
+        matches!(self, Part::All | Part::Outbound | Part::Routes)
     }
 
     /// Whether the inbound side is built.
@@ -343,6 +346,8 @@ pub fn build_part(world: &World, proxy: &ProxyProfile, part: Part) -> Translatio
     // row in the type table does not compile until it says here how it is built.
     for t in TypeUrl::ALL {
         match (t, &gateway) {
+            // Clusters and endpoints of sidecars are kept from the translation being updated.
+            (TypeUrl::Cluster | TypeUrl::Endpoint, None) if part == Part::Routes => {}
             (TypeUrl::Cluster, _) => {
                 let sni_dnat = gateway.as_ref().is_some_and(|g| g.auto_passthrough);
                 eds = cluster::build_clusters(&ctx, &mut set, sni_dnat);

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+use super::config::{Config, ConfigIndex};
 use super::{Resolution, Service, Workload, World};
 
 /// How a world differs from the previous one.
@@ -19,6 +20,10 @@ pub enum WorldChange {
     /// Only the endpoints of these services (`(namespace, hostname)`) differ, and no translation
     /// reads them outside their `ClusterLoadAssignment`s.
     Endpoints(BTreeSet<(String, String)>),
+    /// Only VirtualServices differ: listeners and route configurations are rebuilt, clusters and
+    /// endpoints are kept where nothing imports services through VirtualServices (no Sidecar
+    /// resource: see [`crate::incremental::update`]).
+    Routes,
     /// Anything else: translate again.
     Other,
 }
@@ -36,9 +41,14 @@ impl WorldChange {
             || old.services.len() != new.services.len()
             || old.workloads.len() != new.workloads.len()
             || !old.workloads.iter().zip(&new.workloads).all(|((k1, w1), (k2, w2))| k1 == k2 && same_workload(w1, w2))
-            || old.config != new.config
         {
             return WorldChange::Other;
+        }
+        if old.config != new.config {
+            let routes_only = same_but_virtual_services(&old.config, &new.config)
+                && old.services.len() == new.services.len()
+                && old.services.iter().zip(&new.services).all(|(a, b)| std::sync::Arc::ptr_eq(a, b) || a == b);
+            return if routes_only { WorldChange::Routes } else { WorldChange::Other };
         }
         let mut changed = BTreeSet::new();
         for (a, b) in old.services.iter().zip(&new.services) {
@@ -99,4 +109,36 @@ fn same_but_endpoints(a: &Service, b: &Service) -> bool {
         && *service_accounts == b.service_accounts
         && *export_to == b.export_to
         && *created == b.created
+}
+
+/// Equal but for VirtualServices and their indexes (destructured, as [`same_workload`]).
+fn same_but_virtual_services(a: &Config, b: &Config) -> bool {
+    let Config {
+        virtual_services: _,
+        destination_rules,
+        gateways,
+        sidecars,
+        workload_entries,
+        peer_authentications,
+        index,
+    } = a;
+    let ConfigIndex {
+        mesh_virtual_services: _,
+        virtual_services_by_gateway: _,
+        virtual_services_by_host: _,
+        wildcard_virtual_services: _,
+        destination_rules: dr_index,
+        sidecars_by_namespace,
+        workload_entries_by_namespace,
+        peer_authentications_by_namespace,
+    } = index;
+    *destination_rules == b.destination_rules
+        && *gateways == b.gateways
+        && *sidecars == b.sidecars
+        && *workload_entries == b.workload_entries
+        && *peer_authentications == b.peer_authentications
+        && *dr_index == b.index.destination_rules
+        && *sidecars_by_namespace == b.index.sidecars_by_namespace
+        && *workload_entries_by_namespace == b.index.workload_entries_by_namespace
+        && *peer_authentications_by_namespace == b.index.peer_authentications_by_namespace
 }
