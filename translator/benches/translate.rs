@@ -22,7 +22,7 @@ use sailplane_translator::api::{Object, parse_object};
 use sailplane_translator::envoy::{Ctx, cluster, endpoint, listener, route};
 use std::sync::Arc;
 
-use sailplane_translator::incremental::{Assignments, compose, patch_endpoints};
+use sailplane_translator::incremental::{Assignments, compose, patch_endpoints, update};
 use sailplane_translator::model::{LabelKeys, MeshConfig, WorldChange, build_world};
 use sailplane_translator::{Part, ProxyProfile, ResourceSet, TypeUrl, build, build_part};
 use serde_json::json;
@@ -213,6 +213,29 @@ fn classes(c: &mut Criterion) {
     c.bench_function("p3_endpoint_assignments_per_push", |b| b.iter(|| Assignments::new(&after)));
     let assignments = Assignments::new(&after);
     c.bench_function("p3_endpoint_patch_per_class", |b| b.iter(|| patch_endpoints(&outbound, &changed, &assignments)));
+    // One VirtualService's split changes: a routes-only change.
+    let reweighted: Vec<Object> = (0..SERVICES)
+        .flat_map(|i| {
+            let mut v = service_objects(i, 0);
+            if i == 500 {
+                v[3]["spec"]["http"][0]["route"][0]["weight"] = json!(80);
+                v[3]["spec"]["http"][0]["route"][1]["weight"] = json!(20);
+            }
+            v
+        })
+        .map(|v| parse_object(v).unwrap())
+        .collect();
+    let (routed, _) = build_world(&reweighted, &mesh);
+    assert_eq!(WorldChange::between(&world, &routed), WorldChange::Routes);
+    let none = Assignments::new(&routed);
+    c.bench_function("p3_virtual_service_change_per_class", |b| {
+        b.iter(|| update(&routed, &out_class, Part::Outbound, Some(&outbound), &WorldChange::Routes, &none))
+    });
+    assert_eq!(
+        compose(&update(&routed, &out_class, Part::Outbound, Some(&outbound), &WorldChange::Routes, &none), &inbound),
+        build(&routed, &proxy)
+    );
+
     let patched = patch_endpoints(&outbound, &changed, &Assignments::new(&after));
     assert!(!Arc::ptr_eq(&patched, &outbound));
     assert_eq!(compose(&patched, &inbound), build(&after, &proxy));
