@@ -396,8 +396,7 @@ mod tests {
     fn equal_subscriptions_are_interned_once() {
         let cache = BodyCache::new("");
         let names: Vec<String> = (0..100).map(|i| format!("outbound|80||svc-{i}.default.svc.cluster.local")).collect();
-        let subs: Vec<Subscription> =
-            (0..50).map(|_| cache.sotw_subscription(TypeUrl::Endpoint, &names)).collect();
+        let subs: Vec<Subscription> = (0..50).map(|_| cache.sotw_subscription(TypeUrl::Endpoint, &names)).collect();
         assert!(subs.iter().all(|s| Arc::ptr_eq(&s.names, &subs[0].names)), "one shared set");
         assert_eq!(cache.interned_sets(), 1);
         let other = cache.sotw_subscription(TypeUrl::Endpoint, &names[..10]);

@@ -392,6 +392,37 @@ mod tests {
     }
 
     #[test]
+    fn streams_with_equal_subscriptions_share_one_set() {
+        use crate::xds::stream::{Context, testing};
+        use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+        let shared = testing::shared();
+        let names: Vec<String> =
+            (0..3000).map(|i| format!("outbound|80||svc-{i:04}.default.svc.cluster.local")).collect();
+        let mut streams = Vec::new();
+        for i in 0..100 {
+            let (conn, per_stream) = testing::stream(&shared, &format!("p{i}"), XdsApi::Delta);
+            let mut p = Delta::default();
+            let cx = Context { shared: &shared, conn: &conn, per_stream: &per_stream };
+            // In two requests: the set is interned once complete.
+            for half in [&names[..1500], &names[1500..]] {
+                p.on_request(
+                    &cx,
+                    DeltaDiscoveryRequest {
+                        type_url: TypeUrl::Endpoint.as_str().into(),
+                        resource_names_subscribe: half.to_vec(),
+                        ..Default::default()
+                    },
+                );
+            }
+            streams.push((conn, per_stream, p));
+        }
+        let first = streams[0].2.subscription(TypeUrl::Endpoint).unwrap();
+        assert_eq!(first.len(), 3000);
+        assert!(streams.iter().all(|(_, _, p)| Arc::ptr_eq(&p.subscription(TypeUrl::Endpoint).unwrap(), &first)));
+        assert_eq!(shared.cache.interned_sets(), 1);
+    }
+
+    #[test]
     fn wildcard_diff_against_base() {
         let old = set(&[("a", "1"), ("b", "1"), ("c", "1")]);
         let new = set(&[("a", "1"), ("b", "2"), ("d", "1")]);

@@ -269,3 +269,60 @@ enum Reply {
     Nothing,
     Partial(Arc<super::cache::SotwBody>),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::stream::testing;
+
+    fn eds_request(names: &[String], nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: TypeUrl::Endpoint.as_str().into(),
+            resource_names: names.to_vec(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn streams_with_equal_subscriptions_share_one_set() {
+        const STREAMS: usize = 200;
+        let shared = testing::shared();
+        let names: Vec<String> =
+            (0..3000).map(|i| format!("outbound|80||svc-{i:04}.default.svc.cluster.local")).collect();
+        let mut streams = Vec::new();
+        for i in 0..STREAMS {
+            let (conn, per_stream) = testing::stream(&shared, &format!("p{i}"), XdsApi::Sotw);
+            let mut p = Sotw::default();
+            let cx = Context { shared: &shared, conn: &conn, per_stream: &per_stream };
+            // Envoy lists names in its own order: the set is the same.
+            let mut listed = names.clone();
+            if i % 2 == 1 {
+                listed.reverse();
+            }
+            p.on_request(&cx, eds_request(&listed, ""));
+            streams.push((conn, per_stream, p));
+        }
+        assert_eq!(shared.cache.interned_sets(), 1, "one set for {STREAMS} equal subscriptions");
+        let first = streams[0].2.subscription(TypeUrl::Endpoint).unwrap();
+        assert_eq!(first.len(), 3000);
+        for (_, _, p) in &streams {
+            assert!(Arc::ptr_eq(&p.subscription(TypeUrl::Endpoint).unwrap(), &first));
+        }
+
+        // An ACK with the same names keeps the set (and asks for nothing); other names get another.
+        let (conn, per_stream, p) = &mut streams[0];
+        let cx = Context { shared: &shared, conn, per_stream };
+        p.types[TypeUrl::Endpoint].last_nonce = Some("n1".into());
+        p.types[TypeUrl::Endpoint].pending = false;
+        p.on_request(&cx, eds_request(&names, "n1"));
+        assert!(Arc::ptr_eq(&p.subscription(TypeUrl::Endpoint).unwrap(), &first));
+        assert!(!p.types[TypeUrl::Endpoint].pending, "an ACK is not answered");
+        p.on_request(&cx, eds_request(&names[1..], "n1"));
+        assert!(p.types[TypeUrl::Endpoint].pending, "a re-subscription is answered");
+        assert_eq!(p.subscription(TypeUrl::Endpoint).unwrap().len(), 2999);
+        assert_eq!(shared.cache.interned_sets(), 2);
+        drop(streams);
+        assert_eq!(shared.cache.interned_sets(), 0, "sets nobody holds are not kept");
+    }
+}

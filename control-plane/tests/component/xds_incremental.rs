@@ -1,13 +1,11 @@
 //! Work in proportion to the change, seen from outside: snapshots that say what changed
 //! (`Snapshot::changes`, as the push stage publishes them) make an endpoint change cost one
 //! `ClusterLoadAssignment` on the wire, over state of the world as over Delta; unchanged snapshots
-//! send nothing; requests are still answered in full; and streams with equal subscriptions share
-//! one copy of the subscribed names (measured with a counting allocator, per thread).
+//! send nothing; and requests are still answered in full. (That streams with equal subscriptions
+//! share one set is tested in `sotw.rs` and `delta.rs`: the count of interned sets is crate-private.)
 
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,52 +19,6 @@ use sailplane_tests::ads_server::{cla, config, eds_cluster};
 use sailplane_translator::{ResourceSet, TypeUrl};
 use tokio::sync::{oneshot, watch};
 use tonic::transport::{Channel, Endpoint};
-
-// ---------------------------------------------------------------------------------------------
-// Live heap bytes allocated by the current thread (a `#[tokio::test]` runs server and clients on
-// its own thread), so tests running in parallel do not disturb the measurement.
-
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-}
-
-fn count(delta: isize) {
-    let _ = LIVE.try_with(|l| l.set(l.get() + delta));
-}
-
-// SAFETY: every call is forwarded to `System`; the counter is a const-initialised thread local
-// without a destructor, so touching it never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size() as isize);
-        // SAFETY: the caller's contract is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size() as isize);
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        count(-(layout.size() as isize));
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size as isize - layout.size() as isize);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn live_bytes() -> isize {
-    LIVE.with(Cell::get)
-}
 
 // ---------------------------------------------------------------------------------------------
 // A source that publishes snapshots with their changes, as `push.rs` does.
@@ -274,7 +226,7 @@ async fn sotw_one_cla_change_sends_one_cla() {
             "r2",
             &envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
                 name: "r2".into(),
-                validate_clusters: Some(true.into()),
+                validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
                 ..Default::default()
             },
         );
@@ -327,6 +279,7 @@ async fn sotw_requests_are_answered_in_full() {
     let again = c.recv().await;
     assert_eq!(sotw_names(&again), ["a", "b"]);
     c.ack(&again, &["a", "b"]);
+    srv.wait_until("acked", |s| s.status.state(&proxy_id("p1"), TypeUrl::Endpoint) == Some(SyncState::Synced)).await;
 
     // After a NACK the next response is complete: the proxy kept an older config.
     let next = srv.source.edit(|s| move_endpoint(s, "a", 82));
@@ -335,11 +288,13 @@ async fn sotw_requests_are_answered_in_full() {
     assert_eq!(sotw_names(&partial), ["a"]);
     c.nack(&partial, &["a", "b"], "bad endpoint");
     c.expect_silence().await;
+    srv.wait_until("rejected", |s| s.status.state(&proxy_id("p1"), TypeUrl::Endpoint) == Some(SyncState::Error)).await;
     let next = srv.source.edit(|s| move_endpoint(s, "b", 83));
     srv.source.publish(next);
     let full = c.recv().await;
     assert_eq!(sotw_names(&full), ["a", "b"]);
     c.ack(&full, &["a", "b"]);
+    srv.wait_until("acked", |s| s.status.state(&proxy_id("p1"), TypeUrl::Endpoint) == Some(SyncState::Synced)).await;
 
     // A change while a response is unacknowledged: complete as well (it may yet be rejected).
     let next = srv.source.edit(|s| move_endpoint(s, "a", 84));
@@ -403,95 +358,6 @@ async fn delta_one_cla_change_sends_one_cla() {
     c.ack(&cds);
     c.ack(&eds);
     c.expect_silence().await;
-}
-
-/// Opens `n` SotW streams on one connection, each subscribing EDS to `names(i)`, all acknowledged;
-/// returns them with the live bytes their setup left on this thread.
-async fn sotw_streams(
-    srv: &Server,
-    channel: &Channel,
-    tag: &str,
-    n: usize,
-    names: impl Fn(usize) -> Vec<String>,
-) -> (Vec<Sotw>, isize) {
-    let before = live_bytes();
-    let mut streams = Vec::new();
-    for i in 0..n {
-        let mut c = Sotw::open(channel.clone(), node(&format!("{tag}-{i}"))).await.unwrap();
-        let names = names(i);
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        c.request(TypeUrl::Endpoint, &refs);
-        let r = c.recv().await;
-        c.ack(&r, &refs);
-        streams.push(c);
-    }
-    srv.wait_until("all acked", |s| {
-        (0..n).all(|i| s.status.state(&proxy_id(&format!("{tag}-{i}")), TypeUrl::Endpoint) == Some(SyncState::Synced))
-    })
-    .await;
-    (streams, live_bytes() - before)
-}
-
-/// Delta streams as [`sotw_streams`].
-async fn delta_streams(
-    srv: &Server,
-    channel: &Channel,
-    tag: &str,
-    n: usize,
-    names: impl Fn(usize) -> Vec<String>,
-) -> (Vec<Delta>, isize) {
-    let before = live_bytes();
-    let mut streams = Vec::new();
-    for i in 0..n {
-        let mut c = Delta::open(channel.clone(), node(&format!("{tag}-{i}"))).await;
-        let names = names(i);
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        c.subscribe(TypeUrl::Endpoint, &refs);
-        let r = c.recv().await;
-        c.ack(&r);
-        streams.push(c);
-    }
-    srv.wait_until("all acked", |s| {
-        (0..n).all(|i| s.status.state(&proxy_id(&format!("{tag}-{i}")), TypeUrl::Endpoint) == Some(SyncState::Synced))
-    })
-    .await;
-    (streams, live_bytes() - before)
-}
-
-#[tokio::test]
-async fn equal_subscriptions_share_one_set() {
-    const STREAMS: usize = 100;
-    const NAMES: usize = 400;
-    // Names as Istio spells them (about 60 bytes); none exists, so every body is empty and the
-    // streams differ only by their subscriptions.
-    let name = |j: usize, k: &str| format!("outbound|8080||service-{j:04}.namespace-{k}.svc.cluster.local");
-    let shared_names = |_: usize| (0..NAMES).map(|j| name(j, "shared")).collect::<Vec<_>>();
-    let own_names = |i: usize| (0..NAMES).map(|j| name(j, &format!("own-{i}"))).collect::<Vec<_>>();
-    // What one more copy of a subscription costs at least: the names, and a `String` each.
-    let one_copy: isize = shared_names(0).iter().map(|n| n.len() as isize + 24).sum();
-
-    let srv = Server::start(base()).await;
-    let channel = srv.channel().await;
-    // Warm up (connection, maps, buffers), then measure equal and distinct subscriptions.
-    let _warm = sotw_streams(&srv, &channel, "warm", 4, own_names).await;
-    let (_same, same) = sotw_streams(&srv, &channel, "same", STREAMS, shared_names).await;
-    let (_own, own) = sotw_streams(&srv, &channel, "own", STREAMS, own_names).await;
-    let (same, own) = (same / STREAMS as isize, own / STREAMS as isize);
-    eprintln!("sotw: {same} B per stream with equal subscriptions, {own} B with distinct ones; one copy {one_copy} B");
-    assert!(
-        own - same > one_copy * 3 / 4,
-        "sotw: equal subscriptions ({same} B per stream) must save a copy ({one_copy} B) over distinct ones ({own} B)"
-    );
-
-    let _warm = delta_streams(&srv, &channel, "dwarm", 4, own_names).await;
-    let (_dsame, dsame) = delta_streams(&srv, &channel, "dsame", STREAMS, shared_names).await;
-    let (_down, down) = delta_streams(&srv, &channel, "down", STREAMS, own_names).await;
-    let (dsame, down) = (dsame / STREAMS as isize, down / STREAMS as isize);
-    eprintln!("delta: {dsame} B per stream with equal subscriptions, {down} B with distinct ones");
-    assert!(
-        down - dsame > one_copy * 3 / 4,
-        "delta: equal subscriptions ({dsame} B per stream) must save a copy ({one_copy} B) over distinct ones ({down} B)"
-    );
 }
 
 /// What one endpoint change costs on the wire at a realistic size (3,000 clusters).
