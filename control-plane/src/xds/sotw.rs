@@ -322,7 +322,7 @@ mod tests {
         assert!(p.types[TypeUrl::Endpoint].pending, "a re-subscription is answered");
         assert_eq!(p.subscription(TypeUrl::Endpoint).unwrap().len(), 2999);
         assert_eq!(shared.cache.interned_sets(), 2);
-        drop(streams);
+        drop((streams, first));
         assert_eq!(shared.cache.interned_sets(), 0, "sets nobody holds are not kept");
     }
 }
