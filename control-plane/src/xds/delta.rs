@@ -7,6 +7,13 @@
 //! `removed_resources` for names it holds that no longer exist; afterwards the client holds exactly
 //! the current snapshot, so `base` moves and `diff` empties.
 //!
+//! On a snapshot change a type costs O(1) when its map is the very map of `base`
+//! (`ResourceSet::same_map`). When the snapshot says what changed since exactly `base`
+//! (`Snapshot::changes`, `from` is `base`), only the changed names and the names in `diff` are
+//! looked at; otherwise (a snapshot skipped by the watch channel, per-stream types) the whole
+//! subscription is compared with `base`. The explicit `names` are interned server-wide (`cache.rs`):
+//! streams subscribed to the same names share one set.
+//!
 //! Subscriptions are deltas and must never be dropped, so `resource_names_subscribe` /
 //! `_unsubscribe` are applied even when the request's nonce is stale; only the ACK/NACK meaning of a
 //! stale nonce is ignored. For LDS and CDS an empty first subscription, or `*`, is a wildcard.
@@ -17,7 +24,7 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use sailplane_translator::resources::{PerType, ResourceMap};
+use sailplane_translator::resources::{PerType, ResourceMap, Served};
 use sailplane_translator::{Resource, ResourceSet, TypeUrl};
 use tonic::Status;
 use tracing::{debug, warn};
@@ -112,6 +119,7 @@ impl Delta {
             }
         }
         let first = !ts.subscribed;
+        let names_before = Arc::clone(&ts.names);
         if first {
             ts.subscribed = true;
             ts.pending = true;
@@ -151,6 +159,11 @@ impl Delta {
             ts.diff.remove(name);
             ts.announce.remove(name);
         }
+        if !Arc::ptr_eq(&names_before, &ts.names) {
+            drop(names_before);
+            let names = Arc::unwrap_or_clone(std::mem::take(&mut ts.names));
+            ts.names = cx.shared.cache.intern(names).0;
+        }
         if first {
             // Reconnect: what the client already holds is not sent again.
             for (name, version) in req.initial_resource_versions {
@@ -177,13 +190,23 @@ impl Delta {
                 continue;
             }
             let (set, recorded) = cx.per_stream.sets(t, snap);
-            let same_base = ts.base.as_ref().is_some_and(|b| Arc::ptr_eq(b, set));
-            if !ts.pending && same_base && ts.diff.is_empty() {
-                continue;
-            }
-            let (updated, removed) = changes(set.of(t), ts.base.as_deref().map(|b| b.of(t)), ts);
+            let (updated, removed) = if ts.pending {
+                changes(set.of(t), ts.base.as_deref().map(|b| b.of(t)), ts)
+            } else {
+                match known_changes(ts, t, set, snap) {
+                    Some(names) if names.is_empty() => {
+                        ts.base = Some(Arc::clone(set));
+                        if !ts.diff.is_empty() {
+                            ts.diff = HashMap::new();
+                        }
+                        continue;
+                    }
+                    Some(names) => changes_of(&names, set.of(t), ts.base.as_deref().map(|b| b.of(t)), ts),
+                    None => changes(set.of(t), ts.base.as_deref().map(|b| b.of(t)), ts),
+                }
+            };
             ts.base = Some(Arc::clone(set));
-            ts.diff.clear();
+            ts.diff = HashMap::new();
             ts.announce.clear();
             if updated.is_empty() && removed.is_empty() && !ts.pending {
                 continue;
@@ -214,6 +237,55 @@ impl Delta {
         }
         Ok(())
     }
+}
+
+/// The only names whose resources may differ between what the client holds of type `t` and `set`,
+/// sorted, when that is known without walking the subscription: none when `set`'s map is `base`'s,
+/// the changes the snapshot lists when they are from `base`, and always the exceptions in `diff`.
+/// `None`: compare everything.
+fn known_changes<'a>(ts: &'a TypeState, t: TypeUrl, set: &ResourceSet, snap: &'a Snapshot) -> Option<Vec<&'a str>> {
+    let base = ts.base.as_ref()?;
+    let changed: &[String] = if base.same_map(set, t) {
+        &[]
+    } else {
+        let changes = snap.changes.as_ref()?;
+        if !Arc::ptr_eq(&changes.from, base) || !matches!(t.info().served, Served::PerSnapshot) {
+            return None;
+        }
+        changes.names[t].as_deref().unwrap_or(&[])
+    };
+    let mut names: Vec<&str> = changed.iter().map(String::as_str).filter(|n| ts.wants(n)).collect();
+    if !ts.diff.is_empty() {
+        names.extend(ts.diff.keys().map(String::as_str).filter(|n| ts.wants(n)));
+        names.sort_unstable();
+        names.dedup();
+    }
+    Some(names)
+}
+
+/// [`changes`], looking only at `names` (sorted): what differs between what the client holds and
+/// `new` for those names.
+fn changes_of<'a>(
+    names: &[&str],
+    new: &'a ResourceMap,
+    base: Option<&ResourceMap>,
+    ts: &TypeState,
+) -> (Vec<&'a Resource>, Vec<String>) {
+    let mut updated = Vec::new();
+    let mut removed = Vec::new();
+    for &name in names {
+        let have = match ts.diff.get(name) {
+            Some(v) => v.clone(),
+            None => base.and_then(|b| b.get(name)).map(|r| r.version.clone()),
+        };
+        match new.get(name) {
+            Some(r) if have.as_deref() != Some(r.version.as_str()) => updated.push(&**r),
+            Some(_) => {}
+            None if have.is_some() => removed.push(name.to_string()),
+            None => {}
+        }
+    }
+    (updated, removed)
 }
 
 /// What the client must be sent to hold exactly `new` (restricted to its subscription): resources
@@ -317,6 +389,37 @@ mod tests {
 
     fn names(r: &[&Resource]) -> Vec<String> {
         r.iter().map(|r| r.name.clone()).collect()
+    }
+
+    #[test]
+    fn streams_with_equal_subscriptions_share_one_set() {
+        use crate::xds::stream::{Context, testing};
+        use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+        let shared = testing::shared();
+        let names: Vec<String> =
+            (0..3000).map(|i| format!("outbound|80||svc-{i:04}.default.svc.cluster.local")).collect();
+        let mut streams = Vec::new();
+        for i in 0..100 {
+            let (conn, per_stream) = testing::stream(&shared, &format!("p{i}"), XdsApi::Delta);
+            let mut p = Delta::default();
+            let cx = Context { shared: &shared, conn: &conn, per_stream: &per_stream };
+            // In two requests: the set is interned once complete.
+            for half in [&names[..1500], &names[1500..]] {
+                p.on_request(
+                    &cx,
+                    DeltaDiscoveryRequest {
+                        type_url: TypeUrl::Endpoint.as_str().into(),
+                        resource_names_subscribe: half.to_vec(),
+                        ..Default::default()
+                    },
+                );
+            }
+            streams.push((conn, per_stream, p));
+        }
+        let first = streams[0].2.subscription(TypeUrl::Endpoint).unwrap();
+        assert_eq!(first.len(), 3000);
+        assert!(streams.iter().all(|(_, _, p)| Arc::ptr_eq(&p.subscription(TypeUrl::Endpoint).unwrap(), &first)));
+        assert_eq!(shared.cache.interned_sets(), 1);
     }
 
     #[test]

@@ -325,3 +325,43 @@ where
     }
     Ok(Some((first, proxy)))
 }
+
+/// Streams without a transport, for the protocols' unit tests: their state machines are driven
+/// with requests by hand.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::xds::XdsMetrics;
+
+    struct OneSnapshot(watch::Sender<Arc<Snapshot>>);
+
+    impl SnapshotSource for OneSnapshot {
+        fn connect(&self, _proxy: &ProxyInfo) -> watch::Receiver<Arc<Snapshot>> {
+            self.0.subscribe()
+        }
+        fn disconnect(&self, _proxy: &ProxyInfo) {}
+    }
+
+    /// A server's shared state, serving an empty snapshot.
+    pub(crate) fn shared() -> Arc<Shared> {
+        let snapshot = Snapshot::new(Arc::new(ResourceSet::new()), 0, std::time::Instant::now());
+        let (tx, _) = watch::channel(Arc::new(snapshot));
+        Arc::new(Shared::new(
+            Arc::new(OneSnapshot(tx)),
+            Arc::new(StatusRegistry::new()),
+            Arc::new(XdsMetrics::unregistered()),
+            BodyCache::new("test"),
+        ))
+    }
+
+    /// The connection and per-stream state of sidecar `pod`.
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn stream(shared: &Arc<Shared>, pod: &str, api: XdsApi) -> (Connection, PerStream) {
+        let node =
+            Node { id: format!("sidecar~10.0.0.1~{pod}.default~default.svc.cluster.local"), ..Default::default() };
+        let proxy = ProxyInfo::from_node(Some(&node)).unwrap();
+        let (conn, _) = Connection::open(shared, proxy, None, api);
+        let per_stream = PerStream::new(&conn, shared);
+        (conn, per_stream)
+    }
+}

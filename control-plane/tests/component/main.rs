@@ -16,4 +16,5 @@ mod push;
 mod webhook_inject;
 mod webhook_validate;
 mod xds_delta;
+mod xds_incremental;
 mod xds_sotw;
