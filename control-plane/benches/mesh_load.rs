@@ -277,7 +277,12 @@ async fn connect(args: &Args, s: &mut Setup, k: usize, services: usize, api: Api
         });
     }
     let ramp = Arc::new(tokio::sync::Semaphore::new(args.ramp));
-    let opts = ClientOptions { addr: s.server.xds, api, connect_timeout: Duration::from_secs(10) };
+    let opts = ClientOptions {
+        addr: s.server.xds,
+        api,
+        connect_timeout: Duration::from_secs(10),
+        first_response_timeout: args.timeout,
+    };
     let t0 = Instant::now();
     let before = s.server.stats();
     for j in 0..k {

@@ -158,6 +158,14 @@ struct NamesInner {
     subscribers: Vec<Arc<AtomicU32>>,
 }
 
+/// A subscription list shared by every client that has the same one, with its names already encoded
+/// as `DiscoveryRequest.resource_names` (field 3), so a SotW ACK of 3,000 names costs one copy.
+#[derive(Clone, Default)]
+pub struct List {
+    ids: Arc<[u32]>,
+    encoded: Bytes,
+}
+
 impl Names {
     /// The id of `name`, interning it if new.
     pub fn intern(&self, name: &str) -> u32 {
@@ -179,6 +187,26 @@ impl Names {
     /// The id of `name`, if known.
     pub fn get(&self, name: &str) -> Option<u32> {
         self.inner.read().unwrap().ids.get(name).copied()
+    }
+
+    /// The shared list of `ids` (sorted, deduplicated).
+    fn list(&self, lists: &Mutex<HashMap<Arc<[u32]>, Bytes>>, ids: Vec<u32>) -> List {
+        let mut cache = lists.lock().unwrap();
+        if let Some((k, v)) = cache.get_key_value(ids.as_slice()) {
+            return List { ids: k.clone(), encoded: v.clone() };
+        }
+        let r = self.inner.read().unwrap();
+        let mut buf = BytesMut::new();
+        for i in &ids {
+            let n = r.names[*i as usize].as_bytes();
+            buf.put_u8(0x1a);
+            prost::encoding::encode_varint(n.len() as u64, &mut buf);
+            buf.put_slice(n);
+        }
+        let ids: Arc<[u32]> = Arc::from(ids);
+        let encoded = buf.freeze();
+        cache.insert(ids.clone(), encoded.clone());
+        List { ids, encoded }
     }
 
     fn names(&self, ids: &[u32]) -> Vec<String> {
@@ -310,6 +338,7 @@ pub struct Shared {
     pub responses: AtomicU64,
     /// Client events.
     pub events: mpsc::UnboundedSender<Event>,
+    lists: Mutex<HashMap<Arc<[u32]>, Bytes>>,
 }
 
 impl Shared {
@@ -322,6 +351,7 @@ impl Shared {
             bytes: (0..clients).map(|_| AtomicU64::new(0)).collect(),
             responses: AtomicU64::new(0),
             events: tx,
+            lists: Mutex::new(HashMap::new()),
         };
         (Arc::new(shared), rx)
     }
@@ -424,17 +454,18 @@ fn type_index(t: &str) -> Option<usize> {
     TYPES.iter().position(|x| *x == t)
 }
 
-/// Per-client state: interned ids, versions and nonces only.
+/// Per-client state: interned ids (in lists shared between clients), versions and nonces only.
 struct State {
     index: usize,
     api: Api,
     /// EDS names subscribed (sorted ids).
-    eds: Vec<u32>,
+    eds: List,
     /// RDS names subscribed (sorted ids).
-    routes: Vec<u32>,
+    routes: List,
     /// Delta only: route names per listener id (a removed listener must drop its routes).
     listener_routes: HashMap<u32, Vec<u32>>,
-    /// Delta only: EDS name per CDS cluster id.
+    /// Delta only: EDS name per CDS cluster id, for clusters whose EDS name is not their name
+    /// (istiod's are equal, so this stays empty).
     cluster_eds: HashMap<u32, u32>,
     version: [String; 4],
     nonce: [String; 4],
@@ -446,11 +477,31 @@ struct State {
 type Out = h2::SendStream<Bytes>;
 
 fn frame<M: Message>(m: &M) -> Bytes {
-    let mut buf = BytesMut::with_capacity(5 + m.encoded_len());
+    frame_with(m, &[])
+}
+
+/// A gRPC frame of `m` followed by already-encoded fields of the same message.
+fn frame_with<M: Message>(m: &M, tail: &[u8]) -> Bytes {
+    let len = m.encoded_len() + tail.len();
+    let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
-    buf.put_u32(m.encoded_len() as u32);
+    buf.put_u32(len as u32);
     m.encode(&mut buf).unwrap();
+    buf.put_slice(tail);
     buf.freeze()
+}
+
+/// `sorted` (sorted, deduplicated) plus `added` minus `removed`.
+fn merged(sorted: &[u32], mut added: Vec<u32>, removed: &[u32]) -> Vec<u32> {
+    added.extend_from_slice(sorted);
+    added.sort_unstable();
+    added.dedup();
+    if !removed.is_empty() {
+        let mut rm = removed.to_vec();
+        rm.sort_unstable();
+        added.retain(|i| rm.binary_search(i).is_err());
+    }
+    added
 }
 
 impl State {
@@ -459,20 +510,20 @@ impl State {
     }
 
     /// SotW request (or ACK) for type `t` with the current names.
-    fn sotw(&self, shared: &Shared, t: usize, node: Option<Node>) -> Bytes {
-        let names = match t {
-            1 => shared.names.names(&self.eds),
-            3 => shared.names.names(&self.routes),
-            _ => Vec::new(),
+    fn sotw(&self, t: usize, node: Option<Node>) -> Bytes {
+        let names: &[u8] = match t {
+            1 => &self.eds.encoded,
+            3 => &self.routes.encoded,
+            _ => &[],
         };
-        frame(&DiscoveryRequest {
+        let req = DiscoveryRequest {
             node,
             type_url: TYPES[t].into(),
             version_info: self.version[t].clone(),
             response_nonce: self.nonce[t].clone(),
-            resource_names: names,
             ..Default::default()
-        })
+        };
+        frame_with(&req, names)
     }
 
     fn delta(&self, shared: &Shared, t: usize, sub: &[u32], unsub: &[u32], node: Option<Node>) -> Bytes {
@@ -486,34 +537,42 @@ impl State {
         })
     }
 
-    /// Replaces the subscription of type `t` (EDS or RDS) with `new` and sends the request.
-    fn resubscribe(&mut self, shared: &Shared, out: &mut Out, t: usize, mut new: Vec<u32>) -> Result<(), String> {
-        new.sort_unstable();
-        new.dedup();
-        let old = if t == 1 { &self.eds } else { &self.routes };
-        if *old == new && self.requested[t] {
+    /// Replaces the subscription of type `t` (EDS or RDS) with `new` (sorted, deduplicated) and
+    /// sends the request.
+    fn resubscribe(&mut self, shared: &Shared, out: &mut Out, t: usize, new: Vec<u32>) -> Result<(), String> {
+        let old = if t == 1 { &self.eds.ids } else { &self.routes.ids };
+        if **old == *new && self.requested[t] {
             return Ok(());
         }
         let added: Vec<u32> = new.iter().filter(|i| old.binary_search(i).is_err()).copied().collect();
         let removed: Vec<u32> = old.iter().filter(|i| new.binary_search(i).is_err()).copied().collect();
         shared.names.add_subscribers(&added, 1);
         shared.names.add_subscribers(&removed, -1);
+        let list = shared.names.list(&shared.lists, new);
         if t == 1 {
-            self.eds = new;
+            self.eds = list;
         } else {
-            self.routes = new;
+            self.routes = list;
         }
         self.requested[t] = true;
         let msg = match self.api {
-            Api::Sotw => self.sotw(shared, t, None),
+            Api::Sotw => self.sotw(t, None),
             Api::Delta => self.delta(shared, t, &added, &removed, None),
         };
         self.send(out, msg)
     }
 
+    /// Drops this client's subscriptions from the counts (its stream ended).
+    fn unsubscribe_all(&mut self, shared: &Shared) {
+        shared.names.add_subscribers(&self.eds.ids, -1);
+        shared.names.add_subscribers(&self.routes.ids, -1);
+        self.eds = List::default();
+        self.routes = List::default();
+    }
+
     fn ack(&self, shared: &Shared, out: &mut Out, t: usize) -> Result<(), String> {
         let msg = match self.api {
-            Api::Sotw => self.sotw(shared, t, None),
+            Api::Sotw => self.sotw(t, None),
             Api::Delta => self.delta(shared, t, &[], &[], None),
         };
         self.send(out, msg)
@@ -524,11 +583,7 @@ impl State {
             return Ok(());
         }
         self.requested[2] = true;
-        let msg = match self.api {
-            Api::Sotw => self.sotw(shared, 2, None),
-            Api::Delta => self.delta(shared, 2, &[], &[], None),
-        };
-        self.send(out, msg)
+        self.ack(shared, out, 2)
     }
 
     /// Handles one response (a whole gRPC message without its prefix).
@@ -558,46 +613,37 @@ impl State {
         self.got[t] = true;
         match t {
             0 => {
-                let mut eds: Vec<u32> = match self.api {
-                    Api::Sotw => Vec::with_capacity(self.eds.len()),
-                    Api::Delta => Vec::new(),
-                };
+                let mut added = Vec::new();
+                let mut gone = Vec::new();
                 for (name, bytes) in &resources {
                     let c = LCluster::decode(bytes.clone()).map_err(|e| format!("decode cluster: {e}"))?;
                     let cname = name.as_deref().unwrap_or(&c.name);
                     shared.observe(self.index, CDS, cname, bytes, at);
-                    let is_eds = c.discovery_type == Some(3);
+                    if c.discovery_type != Some(3) {
+                        continue;
+                    }
                     let eds_name = c.eds.as_ref().map(|e| e.service_name.as_str()).filter(|n| !n.is_empty());
-                    let eds_name = eds_name.unwrap_or(cname);
-                    match self.api {
-                        Api::Sotw => {
-                            if is_eds {
-                                eds.push(shared.names.intern(eds_name));
-                            }
-                        }
-                        Api::Delta => {
-                            let cid = shared.names.intern(cname);
-                            if is_eds {
-                                self.cluster_eds.insert(cid, shared.names.intern(eds_name));
-                            } else {
-                                self.cluster_eds.remove(&cid);
-                            }
-                        }
+                    let eds_id = shared.names.intern(eds_name.unwrap_or(cname));
+                    if self.api == Api::Delta && eds_name.is_some_and(|n| n != cname) {
+                        self.cluster_eds.insert(shared.names.intern(cname), eds_id);
+                    }
+                    added.push(eds_id);
+                }
+                for r in &removed {
+                    if let Some(cid) = shared.names.get(r) {
+                        gone.push(self.cluster_eds.remove(&cid).unwrap_or(cid));
                     }
                 }
-                if self.api == Api::Delta {
-                    for r in &removed {
-                        if let Some(cid) = shared.names.get(r) {
-                            self.cluster_eds.remove(&cid);
-                        }
-                    }
-                    eds = self.cluster_eds.values().copied().collect();
-                }
+                let eds = match self.api {
+                    // The whole set each time.
+                    Api::Sotw => merged(&[], added, &[]),
+                    Api::Delta => merged(&self.eds.ids, added, &gone),
+                };
                 // Envoy asks for the endpoints of the new clusters, then ACKs CDS.
                 if !eds.is_empty() || self.requested[1] {
                     self.resubscribe(shared, out, 1, eds)?;
                 }
-                if self.eds.is_empty() {
+                if self.eds.ids.is_empty() {
                     self.request_lds(shared, out)?;
                 }
                 self.ack(shared, out, 0)?;
@@ -646,6 +692,7 @@ impl State {
                     }
                     routes = self.listener_routes.values().flatten().copied().collect();
                 }
+                let routes = merged(&[], routes, &[]);
                 if !routes.is_empty() || self.requested[3] {
                     self.resubscribe(shared, out, 3, routes)?;
                 }
@@ -668,9 +715,13 @@ impl State {
     }
 
     fn is_synced(&self) -> bool {
-        self.got[0] && (self.eds.is_empty() || self.got[1]) && self.got[2] && (self.routes.is_empty() || self.got[3])
+        self.got[0]
+            && (self.eds.ids.is_empty() || self.got[1])
+            && self.got[2]
+            && (self.routes.ids.is_empty() || self.got[3])
     }
 }
+
 
 /// Options of one client.
 #[derive(Clone)]
@@ -679,8 +730,10 @@ pub struct ClientOptions {
     pub addr: SocketAddr,
     /// SotW or Delta.
     pub api: Api,
-    /// Bound on connecting and on the first response.
+    /// Bound on each connect attempt.
     pub connect_timeout: Duration,
+    /// Bound on the wait for the first response.
+    pub first_response_timeout: Duration,
 }
 
 /// Runs client `index` as `pod` until its stream ends. `ramp` holds at most N clients between
@@ -708,7 +761,7 @@ async fn session(
     was_synced: &mut bool,
 ) -> Result<(), String> {
     let mut attempt = 0;
-    let (mut out, response) = loop {
+    let (out, response) = loop {
         attempt += 1;
         match tokio::time::timeout(opts.connect_timeout, open(opts.addr, opts.api)).await {
             Ok(Ok(x)) => break x,
@@ -720,8 +773,8 @@ async fn session(
     let mut st = State {
         index,
         api: opts.api,
-        eds: Vec::new(),
-        routes: Vec::new(),
+        eds: List::default(),
+        routes: List::default(),
         listener_routes: HashMap::new(),
         cluster_eds: HashMap::new(),
         version: Default::default(),
@@ -731,10 +784,28 @@ async fn session(
         synced: false,
     };
     let first = match opts.api {
-        Api::Sotw => st.sotw(shared, 0, Some(pod.node())),
+        Api::Sotw => st.sotw(0, Some(pod.node())),
         Api::Delta => st.delta(shared, 0, &[], &[], Some(pod.node())),
     };
+    let mut out = out;
     st.send(&mut out, first)?;
+    let result = receive(&mut st, out, response, opts, shared, started, permit, was_synced).await;
+    st.unsubscribe_all(shared);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    st: &mut State,
+    mut out: Out,
+    response: h2::client::ResponseFuture,
+    opts: &ClientOptions,
+    shared: &Shared,
+    started: Instant,
+    permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    was_synced: &mut bool,
+) -> Result<(), String> {
+    let index = st.index;
     let response = response.await.map_err(|e| format!("response headers: {e}"))?;
     if response.status() != 200 {
         return Err(format!("HTTP status {}", response.status()));
@@ -744,7 +815,7 @@ async fn session(
     let mut first_response: Option<Duration> = None;
     loop {
         let chunk = if first_response.is_none() {
-            match tokio::time::timeout(opts.connect_timeout.max(Duration::from_secs(60)), body.data()).await {
+            match tokio::time::timeout(opts.first_response_timeout, body.data()).await {
                 Ok(c) => c,
                 Err(_) => return Err("no first response in time".into()),
             }
