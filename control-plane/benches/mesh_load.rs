@@ -22,9 +22,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "mesh_load/ads.rs"]
 mod ads;
+#[path = "mesh_load/envoy.rs"]
 mod envoy;
+#[path = "mesh_load/mesh.rs"]
 mod mesh;
+#[path = "mesh_load/server.rs"]
 mod server;
 
 use std::collections::{BTreeMap, HashSet};
@@ -234,7 +238,6 @@ struct FleetState {
 struct Fleet {
     shared: Arc<Shared>,
     state: Arc<Mutex<FleetState>>,
-    k: usize,
 }
 
 impl Fleet {
@@ -289,7 +292,7 @@ async fn connect(args: &Args, s: &mut Setup, k: usize, services: usize, api: Api
         let pod = mesh::client_pod(j, services);
         tokio::spawn(ads::run(j, pod, opts.clone(), shared.clone(), ramp.clone()));
     }
-    let fleet = Fleet { shared, state, k };
+    let fleet = Fleet { shared, state };
     let deadline = t0 + args.timeout;
     let mut last_print = Instant::now();
     loop {
@@ -526,7 +529,7 @@ async fn p5(args: &Args) -> serde_json::Value {
     let bytes0 = fleet.shared.total_bytes();
     let st0 = s.server.stats();
     let t_start = Instant::now();
-    let mut finish =
+    let finish =
         |pending: &mut Vec<(usize, Arc<Watch>)>, pending_services: &mut HashSet<usize>, converged: &mut Vec<f64>| {
             pending.retain(|(i, w)| {
                 if w.count() >= w.expected {
