@@ -722,7 +722,6 @@ impl State {
     }
 }
 
-
 /// Options of one client.
 #[derive(Clone)]
 pub struct ClientOptions {

@@ -187,8 +187,27 @@ pub fn http_get(addr: SocketAddr, path: &str, host: &str, timeout: Duration) -> 
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    // Read until the body is complete (content-length): Envoy keeps a closed-by-header connection
+    // open for its delayed-close timeout (1 s), so waiting for EOF would time every request at 1 s.
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        resp.extend_from_slice(&chunk[..n]);
+        if let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&resp[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|len| resp.len() >= end + 4 + len) {
+                break;
+            }
+        }
+    }
     parse_http(&resp)
 }
 
