@@ -589,8 +589,7 @@ impl State {
     /// Handles one response (a whole gRPC message without its prefix).
     fn on_response(&mut self, shared: &Shared, out: &mut Out, msg: Bytes, at: Instant) -> Result<(), String> {
         shared.responses.fetch_add(1, Ordering::Relaxed);
-        // (type index, resources as (name, bytes), removed names)
-        let (t, resources, removed): (usize, Vec<(Option<String>, Bytes)>, Vec<String>) = match self.api {
+        let (t, resources, removed): Decoded = match self.api {
             Api::Sotw => {
                 let r = LResponse::decode(msg).map_err(|e| format!("decode response: {e}"))?;
                 let t = type_index(&r.type_url).ok_or_else(|| format!("unexpected type {}", r.type_url))?;
@@ -915,3 +914,6 @@ async fn open(addr: SocketAddr, api: Api) -> Result<Opened, String> {
     let (response, out) = send.send_request(request, false).map_err(|e| format!("request: {e}"))?;
     Ok((out, response))
 }
+
+/// A decoded response: type index, resources as (name, bytes), removed names.
+type Decoded = (usize, Vec<(Option<String>, Bytes)>, Vec<String>);

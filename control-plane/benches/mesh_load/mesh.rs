@@ -167,7 +167,7 @@ pub fn write_extra_destination_rule(dir: &Path, i: usize, max_connections: u32) 
 pub fn client_pod(j: usize, services: usize) -> Pod {
     let i = j % services;
     let (svc, ns) = name(i);
-    let version = if (j / services) % 2 == 0 { "v1" } else { "v2" };
+    let version = if (j / services).is_multiple_of(2) { "v1" } else { "v2" };
     let hash = format!("{:010x}", (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24);
     let hash = &hash[hash.len() - 10..];
     Pod {
