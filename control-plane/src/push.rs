@@ -222,6 +222,7 @@ impl Pusher {
         let started = Instant::now();
         let view = self.store.view();
         let (world, mut diagnostics) = build_world(view.objects.iter().map(|o| &**o), &self.mesh);
+        let world_ms = started.elapsed().as_secs_f64() * 1e3;
         diagnostics.sort();
         let previous = self.state.load_full();
         if diagnostics != previous.diagnostics {
@@ -260,7 +261,9 @@ impl Pusher {
         let change = if keys == old.keys { change } else { WorldChange::Other };
         let next = Translations { world: Arc::clone(&world), keys, push, ..Translations::default() };
         let classes: HashSet<ClassKey> = targets.iter().map(|(p, _)| next.class_of(p)).collect();
+        let translating = Instant::now();
         let next = self.translate(next, &old, &change, classes, changed_at);
+        let translate_ms = translating.elapsed().as_secs_f64() * 1e3;
         let next = Arc::new(next);
         self.translations.store(Arc::clone(&next));
         let mut changed = 0usize;
@@ -268,7 +271,7 @@ impl Pusher {
             let Some(snapshot) = next.class(&next.class_of(profile)) else { continue };
             let snapshot = &snapshot;
             changed += usize::from(tx.send_if_modified(|current| {
-                if Arc::ptr_eq(current, snapshot) || same_versions(&current.resources, &snapshot.resources) {
+                if Arc::ptr_eq(current, snapshot) || unchanged(current, snapshot) {
                     return false;
                 }
                 *current = Arc::clone(snapshot);
@@ -284,6 +287,8 @@ impl Pusher {
             outbound_classes = next.outbound.len(),
             inbound_classes = next.inbound.len(),
             changed,
+            world_ms,
+            translate_ms,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "push"
         );
@@ -318,8 +323,11 @@ impl Pusher {
             };
             let previous = previous.as_ref();
             let mut t = side(profile, *part, previous);
-            // An equal translation keeps the old `Arc`, so the class snapshot can be reused.
+            // An equal translation keeps the old `Arc`, so the class snapshot can be reused. A
+            // patch already returns the old `Arc` when nothing changed, so only translations made
+            // afresh are compared.
             if let Some(p) = previous
+                && !matches!(change, WorldChange::Endpoints(_))
                 && !Arc::ptr_eq(p, &t)
                 && p.set == t.set
             {
@@ -409,6 +417,15 @@ fn parallel<J: Sync, R: Send>(jobs: &[J], f: impl Fn(&J) -> R + Sync) -> Vec<R> 
             jobs.chunks(chunk).map(|c| scope.spawn(|| c.iter().map(&f).collect::<Vec<R>>())).collect();
         handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
     })
+}
+
+/// Whether `next` holds what `current` holds: from `next`'s changes when they are relative to
+/// `current` (the usual case: O(1)), else by comparing the sets.
+fn unchanged(current: &Snapshot, next: &Snapshot) -> bool {
+    match &next.changes {
+        Some(c) if Arc::ptr_eq(&c.from, &current.resources) => c.is_empty(),
+        _ => same_versions(&current.resources, &next.resources),
+    }
 }
 
 /// Whether two sets hold the same resources (by name and content hash).
