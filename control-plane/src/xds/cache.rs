@@ -253,7 +253,7 @@ impl BodyCache {
 
     /// Drops bodies older than [`BODY_TTL`] (streams sending one hold their own reference). Scans at
     /// most once per second.
-    fn expire(&self) {
+    pub(crate) fn expire(&self) {
         let Ok(mut last) = self.expired_at.try_lock() else { return };
         if last.elapsed() < Duration::from_secs(1) {
             return;

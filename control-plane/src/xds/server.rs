@@ -144,6 +144,16 @@ impl XdsServer {
     where
         F: Future<Output = ()> + Send,
     {
+        // Cached bodies expire on use and, when nothing is asked for (an idle mesh), here.
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                shared.cache.expire();
+            }
+        });
         let incoming = TcpListenerStream::new(listener).map(|accepted| {
             accepted.map(|tcp| {
                 // Responses are written whole and flushed: nothing to gain from Nagle, only delay.
